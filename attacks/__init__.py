@@ -1,0 +1,1 @@
+"""attacks suite (see DESIGN.md)."""

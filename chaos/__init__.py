@@ -1,0 +1,1 @@
+"""chaos suite (see DESIGN.md)."""

@@ -1,0 +1,11 @@
+"""fedkit: robust and private federated learning over PyTorch.
+
+Pure components on flat parameter tensors (see DESIGN.md). Everything a researcher composes
+is re-exported here: keys and samplers, flat parameters, ``chain`` and the components.
+"""
+
+from fedkit.core import *  # noqa: F403
+from fedkit.core import __all__ as _core_all
+
+__version__ = "0.1.0"
+__all__ = [*_core_all]

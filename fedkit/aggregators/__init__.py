@@ -1,0 +1,1 @@
+"""Aggregation kernels: plain functions ``name(updates, weights=None, *, ..., key=None) -> Tensor[d]``."""

@@ -1,0 +1,1 @@
+"""privacy suite (see DESIGN.md)."""
