@@ -1,0 +1,88 @@
+"""What a task is: a model as a pure function of flat parameters, plus client data.
+
+:class:`SupervisedTask` covers in-memory classification tasks (digits, fashion-MNIST,
+Synthetic); the simulation engines train it sequentially or vectorised. Tasks with their
+own training loop (SO-100 policies) implement the same attributes plus their own
+``train_client`` / ``evaluate`` (see :mod:`fedkit.simulation`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from fedkit.core.flat import ParamSpec, flatten, spec_of, unflatten
+from fedkit.core.keys import Key, fold_in, uniform
+
+
+def keyed_init(module: nn.Module, key: Key) -> dict[str, torch.Tensor]:
+    """Fresh parameters for ``module`` drawn from ``key`` (PyTorch's default scheme for
+    Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases; norm layers
+    get weight 1, bias 0). Buffers keep their values. Never touches the global RNG."""
+    out: dict[str, torch.Tensor] = {}
+    params = dict(module.named_parameters())
+    for i, (name, p) in enumerate(params.items()):
+        owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(owner, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm):
+            out[name] = torch.ones_like(p) if leaf == "weight" else torch.zeros_like(p)
+            continue
+        weight = getattr(owner, "weight", None)
+        fan_in = weight[0].numel() if weight is not None and weight.ndim > 1 else p.shape[-1] if p.ndim else 1
+        bound = 1.0 / math.sqrt(max(fan_in, 1))
+        out[name] = uniform(fold_in(key, i), tuple(p.shape), low=-bound, high=bound, dtype=p.dtype)
+    return out
+
+
+@attrs.frozen(eq=False)
+class SupervisedTask:
+    """A classification task held in memory.
+
+    ``model_fn`` builds the architecture; parameters live outside it as one flat vector
+    described by ``spec`` and are applied with ``torch.func.functional_call``.
+    """
+
+    name: str
+    model_fn: Callable[[], nn.Module]
+    client_x: tuple[torch.Tensor, ...] = attrs.field(converter=tuple)
+    client_y: tuple[torch.Tensor, ...] = attrs.field(converter=tuple)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+    module: nn.Module = attrs.field(init=False)
+    spec: ParamSpec = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.client_x) != len(self.client_y):
+            raise ValueError("client_x and client_y must have one entry per client")
+        for i, (x, y) in enumerate(zip(self.client_x, self.client_y, strict=True)):
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"client {i}: {x.shape[0]} inputs but {y.shape[0]} labels")
+        module = self.model_fn()
+        object.__setattr__(self, "module", module)
+        object.__setattr__(self, "spec", spec_of(dict(module.named_parameters())))
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_x)
+
+    def client_size(self, client: int) -> int:
+        return int(self.client_x[client].shape[0])
+
+    def init(self, key: Key) -> torch.Tensor:
+        """Initial flat parameters drawn from ``key``."""
+        flat, _ = flatten(keyed_init(self.module, key), self.spec)
+        return flat
+
+    def apply(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the model with flat parameters ``flat`` on inputs ``x``."""
+        return torch.func.functional_call(self.module, unflatten(flat, self.spec), (x,))
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, y)
