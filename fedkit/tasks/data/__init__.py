@@ -1,0 +1,1 @@
+"""Raw datasets for the built-in tasks: loaders and generators returning tensors."""
