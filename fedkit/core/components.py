@@ -14,7 +14,9 @@ in one of three roles, in this order inside a chain (DESIGN.md, "pure components
 
 ``info`` is a dict. Keys with a shared meaning, merged by :func:`chain`:
 
-* ``"rejected"``: ``{reason: BoolTensor[n]}`` clients this component excluded;
+* ``"rejected"``: ``{reason: BoolTensor[n]}`` clients this component excluded (a
+  transform that regroups rows, like bucketing, reports none: its output rows are not
+  clients);
 * ``"clipped"``: ``BoolTensor[n]`` clients whose row was scaled down;
 * ``"scores"``: ``{name: Tensor[n]}`` per-client scores;
 * anything else is kept under the component's position and class name.
@@ -136,7 +138,8 @@ class Chain(Reducer):
 
     ``init(d)`` returns a tuple of the components' states; the call returns the aggregate,
     the tuple of new states and the merged info, which also holds ``"accepted"``
-    (BoolTensor[n], clients with positive weight when they reached the reducer).
+    (BoolTensor[n]: clients that came with a positive weight and that no component
+    rejected).
     """
 
     components: tuple[Component, ...] = attrs.field(converter=tuple)
@@ -152,6 +155,7 @@ class Chain(Reducer):
             raise ValueError(f"chain expects updates of shape [n, d], got {tuple(updates.shape)}")
         n = updates.shape[0]
         weights = as_weights(weights, n, updates)
+        initial_weights = weights
         if state is None:
             state = self.init(updates.shape[1])
         if len(state) != len(self.components):
@@ -167,12 +171,15 @@ class Chain(Reducer):
                 (out, weights), st, ci = comp(out, weights, st, k)
             elif comp.role is Role.REDUCER:
                 reducer_weights = weights
-                info["accepted"] = weights > 0
                 out, st, ci = comp(out, weights, st, k)
             else:
                 out, st, ci = comp(out, reducer_weights, st, k)
             new_states.append(st)
             info = merge_info(info, ci, label)
+        accepted = initial_weights > 0
+        for mask in info.get("rejected", {}).values():
+            accepted = accepted & ~mask
+        info["accepted"] = accepted
         return out, tuple(new_states), info
 
 

@@ -1,0 +1,65 @@
+"""State and shared arithmetic of the adaptive server optimizers (FedAdam, FedYogi,
+FedAdagrad; Reddi et al. 2021, Adaptive Federated Optimization, Algorithm 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from fedkit.optimizers._checks import check_delta, check_real, like_delta
+
+
+class AdaptiveState(NamedTuple):
+    """First moment ``m: Tensor[d]``, second-moment accumulator ``v: Tensor[d]`` (both kept
+    in the aggregate's dtype) and ``count``: the number of steps taken (int64, 0-d)."""
+
+    m: torch.Tensor
+    v: torch.Tensor
+    count: torch.Tensor
+
+
+def adaptive_init(
+    d: int,
+    *,
+    initial_accumulator: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> AdaptiveState:
+    """``m = 0``, ``v = initial_accumulator`` (Flower starts at 0; the paper's analysis
+    takes ``v₋₁ ≥ τ²``), ``count = 0``."""
+    initial_accumulator = check_real(initial_accumulator, "initial_accumulator", low=0.0)
+    return AdaptiveState(
+        m=torch.zeros(d, dtype=dtype, device=device),
+        v=torch.full((d,), initial_accumulator, dtype=dtype, device=device),
+        count=torch.zeros((), dtype=torch.int64, device=device),
+    )
+
+
+def adaptive_step(
+    name: str,
+    delta: torch.Tensor,
+    state: AdaptiveState,
+    second_moment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    tau: float,
+    correction: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> tuple[torch.Tensor, AdaptiveState]:
+    """``m ← β₁ m + (1 − β₁) Δ̄``, ``v ← second_moment(v, Δ̄²)``,
+    ``step = lr · c(t) · m / (√v + τ)`` with ``t`` the new count and ``c(t)`` the bias
+    correction (1 when ``correction`` is None)."""
+    delta = check_delta(delta, name)
+    lr = check_real(lr, f"{name}: lr", low=0.0, low_open=True)
+    beta1 = check_real(beta1, f"{name}: beta1", low=0.0, high=1.0)
+    tau = check_real(tau, f"{name}: tau", low=0.0)
+    m = like_delta(state.m, delta, "m", name)
+    v = like_delta(state.v, delta, "v", name)
+    count = state.count.to(device=delta.device) + 1
+    m = beta1 * m + (1.0 - beta1) * delta
+    v = second_moment(v, delta.square())
+    scale = lr if correction is None else lr * correction(count.to(torch.float64))
+    step = (m * scale) / (v.sqrt() + tau)
+    return step, AdaptiveState(m, v, count)

@@ -1,0 +1,75 @@
+"""FedYogi: Yogi on the server, with the aggregate as pseudo-gradient."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from fedkit.core.components import ServerTransform
+from fedkit.optimizers._adaptive import AdaptiveState, adaptive_init, adaptive_step
+from fedkit.optimizers._checks import check_real, unit_interval
+
+
+def yogi_step(
+    delta: torch.Tensor,
+    state: AdaptiveState,
+    *,
+    lr: float = 0.01,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+    bias_correction: bool = False,
+) -> tuple[torch.Tensor, AdaptiveState]:
+    """``m ← β₁ m + (1 − β₁) Δ̄``, ``v ← v − (1 − β₂) Δ̄² sign(v − Δ̄²)``,
+    ``step = η · m / (√v + τ)``; with ``bias_correction`` the step size at step ``t`` is
+    ``η √(1 − β₂ᵗ) / (1 − β₁ᵗ)`` as for Adam. The server applies ``x ← x + step``.
+
+    Reddi et al. 2021, Adaptive Federated Optimization (ICLR), Algorithm 2 (Yogi: Zaheer et
+    al. 2018, Adaptive Methods for Nonconvex Optimization).
+    """
+    beta2 = check_real(beta2, "fedyogi: beta2", low=0.0, high=1.0)
+
+    def second_moment(v: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        return v - (1.0 - beta2) * sq * torch.sign(v - sq)
+
+    def correction(t: torch.Tensor) -> torch.Tensor:
+        return (1.0 - beta2**t).sqrt() / (1.0 - beta1**t)
+
+    return adaptive_step(
+        "fedyogi",
+        delta,
+        state,
+        second_moment,
+        lr=lr,
+        beta1=beta1,
+        tau=tau,
+        correction=correction if bias_correction else None,
+    )
+
+
+@attrs.frozen
+class FedYogi(ServerTransform):
+    """Component for :func:`yogi_step`; its state is an :class:`AdaptiveState` whose ``v``
+    starts at ``initial_accumulator``."""
+
+    lr: float = attrs.field(default=0.01, converter=float, validator=attrs.validators.gt(0.0))
+    beta1: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
+    beta2: float = attrs.field(default=0.99, converter=float, validator=unit_interval)
+    tau: float = attrs.field(default=1e-3, converter=float, validator=attrs.validators.ge(0.0))
+    bias_correction: bool = False
+    initial_accumulator: float = attrs.field(default=0.0, converter=float)
+
+    def init(self, d: int) -> AdaptiveState:
+        return adaptive_init(d, initial_accumulator=self.initial_accumulator)
+
+    def __call__(self, updates, weights, state, key):
+        step, state = yogi_step(
+            updates,
+            state,
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            tau=self.tau,
+            bias_correction=self.bias_correction,
+        )
+        return step, state, {}
