@@ -1,1 +1,8 @@
-"""privacy suite (see DESIGN.md)."""
+"""privacy suite (see DESIGN.md): differential privacy for fedkit.
+
+* :mod:`privacy.mechanisms` — DP components for ``fedkit.chain``: clipping, DP weights, the
+  fixed-denominator mean, central Gaussian noise (``dp_fedavg``), adaptive clipping, local DP;
+* :mod:`privacy.accounting` — ε of a history (Opacus's RDP and PRV accountants),
+  ``calibrate``, and the pure budget ledgers an engine uses to stop at a target ε;
+* :mod:`privacy.dpsgd` — client DP-SGD (``DPSGD`` setting; ``torch.func`` and Opacus paths).
+"""
