@@ -1,7 +1,9 @@
 """attacks suite (see DESIGN.md): adversaries that control client ids and poison their data
 (label flipping, backdoor triggers) or their updates (sign flip, Gaussian, scaling, ALIE,
-IPM, min-max / min-sum, Fang et al.'s attacks, mimic, non-finite rows, optimal ALIE / IPM)."""
+IPM, min-max / min-sum, Fang et al.'s attacks, mimic, non-finite rows, optimal ALIE / IPM),
+and gradient inversion (:mod:`attacks.inversion`: DLG, iDLG, Inverting Gradients)."""
 
+from attacks import inversion
 from attacks.adversary import (
     CombinedPoisoning,
     DataPoisoning,
@@ -22,6 +24,7 @@ __all__ = [
     "Knowledge",
     "ModelPoisoning",
     "choose_controlled",
+    "inversion",
     "num_controlled",
     "poison_rows",
     "visible_rows",
