@@ -4,8 +4,19 @@ Pure components on flat parameter tensors (see DESIGN.md). Everything a research
 is re-exported here: keys and samplers, flat parameters, ``chain`` and the components.
 """
 
+from fedkit.client import ClientConfig
 from fedkit.core import *  # noqa: F403
 from fedkit.core import __all__ as _core_all
+from fedkit.simulation import History, simulate
+from fedkit.strategy import ServerState, Stragglers, Strategy
 
 __version__ = "0.1.0"
-__all__ = [*_core_all]
+__all__ = [
+    *_core_all,
+    "ClientConfig",
+    "History",
+    "ServerState",
+    "Strategy",
+    "Stragglers",
+    "simulate",
+]

@@ -1,0 +1,393 @@
+"""``fedkit.simulate``: run a strategy on a task in this process.
+
+Keys. From the run key: ``k_init, k_controlled, k_rounds = split(key, 3)``; round ``r``
+(1-based) uses ``split(fold_in(k_rounds, r), 6)`` = (sampling, work plan, clients,
+adversary, faults, server chain), and client ``c`` trains with ``fold_in(k_clients, c)``.
+A client's randomness therefore depends only on the run key, the round and its id — not
+on the engine or on which other clients were sampled — so both engines agree and a
+resumed run replays exactly the rounds an uninterrupted one would have run.
+
+One round: sample clients; plan their work (stragglers); let the adversary poison the data
+of controlled clients; train (engine); let the adversary rewrite the Byzantine rows of the
+update matrix; make replies; apply the fault plan (:mod:`fedkit.simulation.delivery`);
+``strategy.round`` validates and aggregates; evaluate; checkpoint. A fault never stops the
+run. A fault plan with ``server_crash`` makes the engine drop its in-memory state after the
+round and restore the newest checkpoint (or the initial state without one), as a restarted
+server would; a round's crash fires once, so the replayed rounds run as before.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from fedkit.core.flat import ParamSpec
+from fedkit.core.keys import Key, fold_in, split
+from fedkit.core.keys import key as root_key
+from fedkit.protocols import Adversary, FaultModel, NoAdversary, NoFaults
+from fedkit.replies import Reply
+from fedkit.simulation import checkpoint as ckpt
+from fedkit.simulation.delivery import deliver
+from fedkit.simulation.evaluation import evaluate
+from fedkit.simulation.history import History
+from fedkit.simulation.jobs import ClientJob, LocalResults
+from fedkit.simulation.progress import RoundProgress
+from fedkit.simulation.records import (
+    FORMAT,
+    TensorBoardLog,
+    describe,
+    final_metrics,
+    jsonable,
+    totals,
+    versions,
+)
+from fedkit.simulation.sequential import SequentialEngine
+from fedkit.simulation.vectorized import VectorizedEngine, vmap_blocker
+from fedkit.strategy import ServerState, Strategy
+
+ENGINES = ("auto", "sequential", "vectorized")
+
+
+class Engine(Protocol):
+    name: str
+
+    def train(
+        self, task: Any, params: torch.Tensor, jobs: list[ClientJob], cfg: Any
+    ) -> LocalResults: ...
+
+
+def pick_engine(task: Any, strategy: Strategy, engine: str | Engine) -> Engine:
+    """The engine to use; a vectorised request the task cannot honour falls back to the
+    sequential engine with one warning (silently for tasks with their own training loop
+    under ``"auto"``)."""
+    if not isinstance(engine, str):
+        return engine
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES} or an engine object, got {engine!r}")
+    if engine == "sequential":
+        return SequentialEngine()
+    blocker = vmap_blocker(task, strategy.client)
+    if blocker is None:
+        return VectorizedEngine()
+    if engine == "vectorized" or getattr(task, "train_client", None) is None:
+        warnings.warn(
+            f"vectorised engine unavailable for task {getattr(task, 'name', '?')!r}: {blocker}; "
+            "using the sequential engine",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return SequentialEngine()
+
+
+def _as_key(key: Key | int) -> tuple[Key, int | None]:
+    if isinstance(key, Key):
+        return key, None
+    if isinstance(key, int) and not isinstance(key, bool):
+        return root_key(key), key
+    raise TypeError(f"key must be a fedkit Key or an int seed, got {type(key).__name__}")
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float | None:
+    keep = (weights > 0) & torch.isfinite(values)
+    if not bool(keep.any()):
+        return None
+    w = weights[keep].to(torch.float64)
+    return float((values[keep] * w).sum() / w.sum())
+
+
+class _Run:
+    """The state of one simulate call that is not part of the server state."""
+
+    def __init__(self, task, strategy, engine, adversary, faults, run_key, rounds, eval_every):
+        self.task, self.strategy, self.engine = task, strategy, engine
+        self.adversary, self.faults = adversary, faults
+        self.rounds, self.eval_every = rounds, eval_every
+        self.k_init, k_controlled, self.k_rounds = split(run_key, 3)
+        self.num_clients = int(task.num_clients)
+        controlled = torch.as_tensor(
+            adversary.controlled(self.num_clients, k_controlled), dtype=torch.int64
+        )
+        self.controlled = torch.unique(controlled)
+        self.supervised = getattr(task, "train_client", None) is None
+
+    def jobs(
+        self,
+        clients: torch.Tensor,
+        work: torch.Tensor,
+        byz: torch.Tensor,
+        k_clients: Key,
+        k_data: Key,
+    ):
+        out = []
+        for c, units, bad in zip(clients.tolist(), work.tolist(), byz.tolist(), strict=True):
+            x = y = None
+            if self.supervised:
+                x, y = self.task.client_x[c], self.task.client_y[c]
+                if bad and units > 0:
+                    x, y = self.adversary.poison_data(c, x, y, fold_in(k_data, c))
+            out.append(ClientJob(client=c, work=units, key=fold_in(k_clients, c), x=x, y=y))
+        return out
+
+    def round(self, state: ServerState) -> tuple[ServerState, dict[str, Any], bool]:
+        r = state.round + 1
+        k_sample, k_work, k_clients, k_adv, k_faults, k_server = split(fold_in(self.k_rounds, r), 6)
+        k_data, k_updates = split(k_adv)
+        k_plan, k_corrupt = split(k_faults)
+        t0 = time.perf_counter()
+        clients = self.strategy.sample(state, self.num_clients, k_sample)
+        work, straggler = self.strategy.plan_work(clients, k_work)
+        byz = torch.isin(clients, self.controlled)
+        local = self.engine.train(
+            self.task,
+            state.params,
+            self.jobs(clients, work, byz, k_clients, k_data),
+            self.strategy.client,
+        )
+        updates = local.updates
+        if bool(byz.any()):
+            weights = local.num_examples.to(updates.dtype)
+            updates = self.adversary.poison_updates(updates, byz, weights, r, k_updates)
+            if tuple(updates.shape) != tuple(local.updates.shape):
+                raise ValueError(
+                    f"adversary.poison_updates returned shape {tuple(updates.shape)}, "
+                    f"expected {tuple(local.updates.shape)}"
+                )
+        t1 = time.perf_counter()
+        sizes, losses = local.num_examples.tolist(), local.loss.tolist()
+        steps, trained = local.steps.tolist(), local.trained.tolist()
+        replies: list[Reply | None] = [
+            Reply(
+                client=c,
+                round=r,
+                update=updates[i],
+                num_examples=sizes[i],
+                metrics={"loss": losses[i], "steps": steps[i], **local.metrics[i]},
+            )
+            if trained[i]
+            else None
+            for i, c in enumerate(clients.tolist())
+        ]
+        arrived = deliver(
+            replies,
+            self.faults.plan(r, clients, k_plan),
+            deadline=self.strategy.deadline,
+            key=k_corrupt,
+        )
+        lost = dict(arrived.lost)
+        dropped = int((~local.trained).sum())
+        if dropped:
+            lost["straggler"] = dropped
+        state, info = self.strategy.round(state, list(arrived.replies), k_server, clients=clients)
+        t2 = time.perf_counter()
+        accepted = torch.isin(clients, torch.tensor(info.accepted_clients, dtype=torch.int64))
+        metrics: dict[str, Any] = {
+            "round": r,
+            **info.metrics(),
+            "lost": lost,
+            "faults": arrived.faults,
+            "stragglers": int(straggler.sum()),
+            "byzantine": int(byz.sum()),
+            "train_loss": _weighted_mean(local.loss, local.num_examples * accepted),
+        }
+        if r % self.eval_every == 0 or r == self.rounds:
+            metrics.update(evaluate(self.task, state.params))
+        t3 = time.perf_counter()
+        metrics.update(
+            train_time=t1 - t0, aggregate_time=t2 - t1, eval_time=t3 - t2, wall_time=t3 - t0
+        )
+        return state, jsonable(metrics), arrived.server_crash
+
+
+def _restore(
+    state0: ServerState, checkpoint_dir: Path | None, run_key: Key, spec: ParamSpec
+) -> tuple[ServerState, list[dict], list[dict]]:
+    if checkpoint_dir is None:
+        return state0, [], []
+    found = ckpt.load_latest(checkpoint_dir)
+    if found is None:
+        return state0, [], []
+    if found.tree["key"] != run_key:
+        raise ckpt.CheckpointError(
+            f"{found.path} was written by a run with key {found.tree['key'].to_hex()}, "
+            f"not {run_key.to_hex()}"
+        )
+    if ParamSpec.from_dict(found.meta["spec"]) != spec:
+        raise ckpt.CheckpointError(
+            f"{found.path} holds parameters of another model (ParamSpec differs)"
+        )
+    return found.tree["state"], list(found.meta["history"]), list(found.meta.get("events", []))
+
+
+def simulate(
+    task: Any,
+    strategy: Strategy,
+    *,
+    rounds: int,
+    key: Key | int,
+    engine: str | Engine = "auto",
+    adversary: Adversary | None = None,
+    faults: FaultModel | None = None,
+    eval_every: int = 1,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    keep_checkpoints: int | None = 3,
+    resume: bool = False,
+    log_dir: str | Path | None = None,
+    progress: bool | None = None,
+    init_params: torch.Tensor | None = None,
+) -> History:
+    """Run ``rounds`` rounds of ``strategy`` on ``task`` and return the :class:`History`.
+
+    ``key``: a fedkit key or an int seed. ``engine``: ``"auto"`` (vectorised when the model
+    allows it), ``"sequential"``, ``"vectorized"`` or an engine object. ``adversary`` and
+    ``faults`` implement :mod:`fedkit.protocols` (no-ops by default). Test metrics every
+    ``eval_every`` rounds and after the last one. Checkpoints every ``checkpoint_every``
+    rounds into ``checkpoint_dir`` (newest ``keep_checkpoints`` kept); ``resume`` continues
+    from the newest good one and ends bit-identical to an uninterrupted run. ``log_dir``
+    gets TensorBoard scalars and ``record.json``. ``progress``: a rich progress bar
+    (default: when stderr is a terminal). ``init_params`` overrides ``task.init``.
+    """
+    if not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    if eval_every < 1 or checkpoint_every < 1:
+        raise ValueError("eval_every and checkpoint_every must be >= 1")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a fedkit.Strategy, got {type(strategy).__name__}")
+    adversary = NoAdversary() if adversary is None else adversary
+    faults = NoFaults() if faults is None else faults
+    if not isinstance(adversary, Adversary):
+        raise TypeError(
+            f"adversary {type(adversary).__name__} does not implement fedkit.protocols.Adversary"
+        )
+    if not isinstance(faults, FaultModel):
+        raise TypeError(
+            f"faults {type(faults).__name__} does not implement fedkit.protocols.FaultModel"
+        )
+    run_key, seed = _as_key(key)
+    checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    chosen = pick_engine(task, strategy, engine)
+    run = _Run(task, strategy, chosen, adversary, faults, run_key, rounds, eval_every)
+    spec: ParamSpec = task.spec
+    params0 = task.init(run.k_init) if init_params is None else init_params
+    spec.check(params0, what="initial parameters")
+    state0 = strategy.init(params0)
+    state, metrics, events = state0, [], []
+    resumed_from = None
+    if resume:
+        state, metrics, events = _restore(state0, checkpoint_dir, run_key, spec)
+        resumed_from = state.round if state is not state0 else None
+        if state.round > rounds:
+            warnings.warn(
+                f"the newest checkpoint is at round {state.round}, past rounds={rounds}: "
+                "returning it as it is",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    config = describe(strategy)
+
+    def save_checkpoint(s: ServerState) -> None:
+        meta = {
+            "history": metrics,
+            "events": events,
+            "spec": spec.to_dict(),
+            "strategy": config,
+            "task": getattr(task, "name", None),
+        }
+        ckpt.save(
+            checkpoint_dir, s.round, {"state": s, "key": run_key}, meta, keep=keep_checkpoints
+        )
+
+    board = None if log_dir is None else TensorBoardLog(log_dir, purge_step=state.round + 1)
+    crashed: set[int] = set()
+    start = time.perf_counter()
+    try:
+        with RoundProgress(rounds, state.round, progress) as bar:
+            while state.round < rounds:
+                state, m, crash = run.round(state)
+                metrics.append(m)
+                if board is not None:
+                    board.log(m)
+                bar.update(m)
+                if checkpoint_dir is not None and (
+                    state.round % checkpoint_every == 0 or state.round == rounds
+                ):
+                    save_checkpoint(state)
+                if crash and state.round not in crashed:
+                    crashed.add(state.round)
+                    t = time.perf_counter()
+                    if checkpoint_dir is None:
+                        warnings.warn(
+                            "the fault model crashed the server but there is no checkpoint_dir: "
+                            "restarting from the initial parameters",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                    crash_round = state.round
+                    kept = list(events)
+                    state, metrics, _ = _restore(state0, checkpoint_dir, run_key, spec)
+                    events = [
+                        *kept,
+                        {
+                            "event": "server_crash",
+                            "round": crash_round,
+                            "restored_round": state.round,
+                            "rounds_lost": crash_round - state.round,
+                            "recovery_s": time.perf_counter() - t,
+                        },
+                    ]
+    finally:
+        if board is not None:
+            board.close()
+    total = time.perf_counter() - start
+    record = {
+        "format": FORMAT,
+        "task": {
+            "name": getattr(task, "name", type(task).__name__),
+            "num_clients": run.num_clients,
+            "num_params": spec.size,
+            "meta": describe(dict(getattr(task, "meta", {}) or {})),
+        },
+        "strategy": config,
+        "run": {
+            "rounds": rounds,
+            "engine": engine if isinstance(engine, str) else type(engine).__name__,
+            "engine_used": chosen.name,
+            "eval_every": eval_every,
+            "seed": seed,
+            "key": run_key.to_hex(),
+            "adversary": describe(adversary),
+            "faults": describe(faults),
+            "checkpoint_every": checkpoint_every if checkpoint_dir is not None else None,
+            "resumed_from": resumed_from,
+        },
+        "versions": versions(),
+        "metrics": metrics,
+        "final": final_metrics(metrics),
+        "timings": {
+            "total_s": total,
+            "train_s": sum(m["train_time"] for m in metrics),
+            "aggregate_s": sum(m["aggregate_time"] for m in metrics),
+            "eval_s": sum(m["eval_time"] for m in metrics),
+            "rounds_per_s": (rounds - (resumed_from or 0)) / total if total > 0 else None,
+        },
+        "counters": totals(metrics, events),
+        "attack": {"controlled": run.controlled.tolist()},
+        "events": events,
+    }
+    history = History(
+        metrics=metrics,
+        final_params=state.params,
+        spec=spec,
+        state=state,
+        record=jsonable(record),
+        events=events,
+    )
+    if log_dir is not None:
+        history.save(Path(log_dir) / "record.json")
+    return history

@@ -1,0 +1,254 @@
+"""A federated strategy as a value: client config, server chain, sampling, quorum, deadline.
+
+``strategy.init(params)`` and ``strategy.round(state, replies, key)`` are pure; engines (the
+in-process simulation, the Flower ServerApp) only drive them:
+
+1. ``clients = strategy.sample(state, num_clients, key)``;
+2. ``work, straggler = strategy.plan_work(clients, key)`` (FedProx systems heterogeneity);
+3. the clients train and reply; the engine drops replies later than ``deadline``;
+4. ``state, info = strategy.round(state, replies, key, clients=clients)`` validates the
+   replies (:mod:`fedkit.replies`), stacks the accepted updates into ``U: [m, d]`` (one row
+   per sampled client, in sampling order; weight = example count, 0 for a client without an
+   accepted reply), runs the server chain and steps ``x ← x + chain(U, w)``. With fewer
+   accepted replies than ``quorum`` the round is skipped: parameters and chain state stay,
+   the round counter still advances and ``info.quorum_missed`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from fedkit.client import ClientConfig
+from fedkit.core.components import Chain, Component, Info, chain
+from fedkit.core.keys import Key, choice, randint, split
+from fedkit.replies import Reply, validate
+
+
+def _as_chain(server: Any) -> Chain:
+    if isinstance(server, Chain):
+        return server
+    if isinstance(server, Component):
+        return chain(server)
+    if isinstance(server, list | tuple):
+        return chain(*server)
+    raise TypeError(
+        f"Strategy.server must be a fedkit Chain or component, got {type(server).__name__}"
+    )
+
+
+def _weighted_mean() -> Component:
+    from fedkit.aggregators import Mean  # the default reducer: FedAvg's weighted mean
+
+    return Mean()
+
+
+@attrs.frozen
+class Stragglers:
+    """Systems heterogeneity as in the FedProx paper: each round a ``fraction`` of the
+    sampled clients are stragglers that manage a uniform random number of work units in
+    ``[1, E]`` (E = the config's epochs, or steps). ``policy="drop"`` discards them
+    (FedAvg); ``"partial"`` keeps their partial work (FedProx).
+    Li et al. 2020, "Federated Optimization in Heterogeneous Networks"."""
+
+    fraction: float = attrs.field(default=0.0)
+    policy: str = attrs.field(
+        default="partial", validator=attrs.validators.in_(("drop", "partial"))
+    )
+
+    @fraction.validator
+    def _check_fraction(self, attribute, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"Stragglers.fraction must lie in [0, 1], got {value}")
+
+
+@attrs.frozen(eq=False)
+class ServerState:
+    """Rounds completed, global flat parameters and the server chain's state."""
+
+    round: int
+    params: torch.Tensor
+    chain_state: Any
+
+
+@attrs.frozen(eq=False)
+class RoundInfo:
+    """What happened to one round's replies.
+
+    ``received`` replies arrived; ``valid`` passed validation; ``accepted`` reached the
+    reducer with a positive weight; ``rejected`` counts validation reasons and the chain's
+    filter reasons; ``accepted_clients`` in sampling order; ``chain`` is the chain's raw info.
+    """
+
+    round: int
+    expected: int
+    received: int
+    valid: int
+    accepted: int
+    rejected: dict[str, int]
+    clipped: int
+    quorum_missed: bool
+    accepted_clients: tuple[int, ...]
+    chain: Info = attrs.field(factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """JSON-ready counters for a history record."""
+        return {
+            "expected": self.expected,
+            "received": self.received,
+            "valid": self.valid,
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "clipped": self.clipped,
+            "quorum_missed": self.quorum_missed,
+        }
+
+
+@attrs.frozen
+class Strategy:
+    """Client config, server chain (a :class:`Chain` or one component, wrapped), sampling
+    (``clients_per_round`` or ``fraction`` of all clients, keyed; all clients when both are
+    None), ``quorum`` (minimum accepted replies), ``deadline`` (seconds of simulated latency
+    after which a reply counts as lost), ``stragglers`` and ``max_reply_bytes`` (payload
+    limit; default twice a valid update)."""
+
+    client: ClientConfig = attrs.field(factory=ClientConfig)
+    server: Chain = attrs.field(factory=lambda: _as_chain(_weighted_mean()), converter=_as_chain)
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    quorum: int = 1
+    deadline: float | None = None
+    stragglers: Stragglers | None = None
+    max_reply_bytes: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise ValueError("give Strategy.clients_per_round or Strategy.fraction, not both")
+        if self.clients_per_round is not None and self.clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
+        if self.quorum < 1:
+            raise ValueError(f"quorum must be >= 1, got {self.quorum}")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError(f"deadline must be positive seconds, got {self.deadline}")
+
+    def init(self, params: torch.Tensor) -> ServerState:
+        """Round 0: the initial flat parameters and the chain's initial state."""
+        if not isinstance(params, torch.Tensor) or params.ndim != 1:
+            raise ValueError("Strategy.init expects 1-D flat parameters")
+        return ServerState(round=0, params=params, chain_state=self.server.init(params.numel()))
+
+    def num_sampled(self, num_clients: int) -> int:
+        """Clients per round out of ``num_clients`` (fraction: ``max(1, round(f·K))``)."""
+        if num_clients < 1:
+            raise ValueError(f"need at least one client, got {num_clients}")
+        if self.clients_per_round is not None:
+            if self.clients_per_round > num_clients:
+                raise ValueError(
+                    f"clients_per_round={self.clients_per_round} exceeds the {num_clients} clients"
+                )
+            return self.clients_per_round
+        if self.fraction is not None:
+            return max(1, round(self.fraction * num_clients))
+        return num_clients
+
+    def sample(self, state: ServerState, num_clients: int, key: Key) -> torch.Tensor:
+        """Sorted int64 ids of this round's clients, drawn without replacement from ``key``."""
+        m = self.num_sampled(num_clients)
+        if m == num_clients:
+            return torch.arange(num_clients, dtype=torch.int64)
+        return torch.sort(choice(key, num_clients, m)).values
+
+    def plan_work(self, clients: torch.Tensor, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        """Work units per sampled client (0 = dropped straggler) and the straggler mask."""
+        m = int(clients.numel())
+        full = self.client.work
+        work = torch.full((m,), full, dtype=torch.int64)
+        straggler = torch.zeros(m, dtype=torch.bool)
+        if self.stragglers is None or self.stragglers.fraction == 0.0 or m == 0:
+            return work, straggler
+        k_who, k_how = split(key)
+        straggler[choice(k_who, m, round(self.stragglers.fraction * m))] = True
+        if self.stragglers.policy == "drop":
+            return torch.where(straggler, 0, work), straggler
+        return torch.where(straggler, randint(k_how, 1, full + 1, m), work), straggler
+
+    def round(
+        self,
+        state: ServerState,
+        replies: list[Reply],
+        key: Key,
+        *,
+        clients: torch.Tensor | None = None,
+    ) -> tuple[ServerState, RoundInfo]:
+        """One aggregation step (pure). ``clients``: the sampled ids, which fixes the rows
+        of ``U``; without it the rows are the accepted senders in arrival order."""
+        current = state.round + 1
+        params = state.params
+        d = params.numel()
+        replies = list(replies)
+        expected = None if clients is None else [int(c) for c in clients.tolist()]
+        if expected is not None and len(set(expected)) != len(expected):
+            raise ValueError("Strategy.round: the sampled clients contain duplicates")
+        check = validate(
+            replies,
+            round=current,
+            d=d,
+            dtype=params.dtype,
+            expected=expected,
+            max_bytes=self.max_reply_bytes,
+        )
+        order = expected if expected is not None else [r.client for r in check.accepted]
+        rejected = check.reasons
+        valid = len(check.accepted)
+        base = dict(
+            round=current,
+            expected=len(order),
+            received=len(replies),
+            valid=valid,
+        )
+        if valid < self.quorum:
+            info = RoundInfo(
+                **base,
+                accepted=0,
+                rejected=rejected,
+                clipped=0,
+                quorum_missed=True,
+                accepted_clients=(),
+            )
+            return attrs.evolve(state, round=current), info
+        row_of = {c: i for i, c in enumerate(order)}
+        rows = torch.tensor([row_of[r.client] for r in check.accepted], dtype=torch.int64)
+        updates = torch.zeros(len(order), d, dtype=params.dtype, device=params.device)
+        updates.index_copy_(
+            0, rows, torch.stack([r.update.to(params.device) for r in check.accepted])
+        )
+        weights = torch.zeros(len(order), dtype=params.dtype, device=params.device)
+        weights[rows] = torch.tensor(
+            [float(r.num_examples) for r in check.accepted],
+            dtype=params.dtype,
+            device=params.device,
+        )
+        step, chain_state, chain_info = self.server(updates, weights, state.chain_state, key)
+        for reason, mask in chain_info.get("rejected", {}).items():
+            rejected[reason] = rejected.get(reason, 0) + int(mask.sum())
+        accepted_mask = chain_info.get("accepted", weights > 0)
+        clipped = chain_info.get("clipped")
+        info = RoundInfo(
+            **base,
+            accepted=int(accepted_mask.sum()),
+            rejected=rejected,
+            clipped=0 if clipped is None else int(clipped.sum()),
+            quorum_missed=False,
+            accepted_clients=tuple(
+                order[i] for i in torch.nonzero(accepted_mask).flatten().tolist()
+            ),
+            chain=chain_info,
+        )
+        new = ServerState(
+            round=current, params=params + step.to(params.dtype), chain_state=chain_state
+        )
+        return new, info
