@@ -69,12 +69,17 @@ def mda(
         pair_a, pair_b, pair_dist = _candidate_pairs(dist, f)
         batch = min(total, batch_size(m, 3 * pair_a.numel()))
 
+        # incidence[r, p] = 1 when row r is an end of pair p: removed @ incidence counts the
+        # removed ends of every pair in one matrix product.
+        incidence = torch.zeros(m, pair_a.numel())
+        incidence[pair_a, torch.arange(pair_a.numel())] = 1.0
+        incidence[pair_b, torch.arange(pair_b.numel())] = 1.0
+
         def scored():
             for removed in removal_masks(m, f, batch):
-                kept = ~removed
-                both = kept[:, pair_a] & kept[:, pair_b]
+                intact = (removed.to(torch.float32) @ incidence) == 0
                 # pairs are sorted by distance: the first with both rows kept is the diameter
-                yield pair_dist[both.to(torch.uint8).argmax(dim=1)], removed
+                yield pair_dist[intact.to(torch.uint8).argmax(dim=1)], removed
 
         coeffs = argmin_subset_weights(scored(), w_active.cpu())
     full = torch.zeros(updates.shape[0], dtype=torch.float64, device=updates.device)

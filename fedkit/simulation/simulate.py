@@ -1,8 +1,11 @@
 """``fedkit.simulate``: run a strategy on a task in this process.
 
-Keys. From the run key: ``k_init, k_controlled, k_rounds = split(key, 3)``; round ``r``
-(1-based) uses ``split(fold_in(k_rounds, r), 6)`` = (sampling, work plan, clients,
-adversary, faults, server chain), and client ``c`` trains with ``fold_in(k_clients, c)``.
+Keys. From the run key: ``k_init, k_controlled, k_rounds, k_faults = split(key, 4)``;
+round ``r`` (1-based) uses ``split(fold_in(k_rounds, r), 6)`` = (sampling, work plan,
+clients, adversary, corruption bytes, server chain), and client ``c`` trains with
+``fold_in(k_clients, c)``. Fault models get the run-level ``k_faults`` and fold in the round
+themselves, so a fault that spans rounds (a crash lasting k rounds, a partitioned group)
+stays consistent.
 A client's randomness therefore depends only on the run key, the round and its id — not
 on the engine or on which other clients were sampled — so both engines agree and a
 resumed run replays exactly the rounds an uninterrupted one would have run.
@@ -106,7 +109,7 @@ class _Run:
         self.task, self.strategy, self.engine = task, strategy, engine
         self.adversary, self.faults = adversary, faults
         self.rounds, self.eval_every = rounds, eval_every
-        self.k_init, k_controlled, self.k_rounds = split(run_key, 3)
+        self.k_init, k_controlled, self.k_rounds, self.k_faults = split(run_key, 4)
         self.num_clients = int(task.num_clients)
         controlled = torch.as_tensor(
             adversary.controlled(self.num_clients, k_controlled), dtype=torch.int64
@@ -136,7 +139,7 @@ class _Run:
         r = state.round + 1
         k_sample, k_work, k_clients, k_adv, k_faults, k_server = split(fold_in(self.k_rounds, r), 6)
         k_data, k_updates = split(k_adv)
-        k_plan, k_corrupt = split(k_faults)
+        k_corrupt = split(k_faults)[1]
         t0 = time.perf_counter()
         clients = self.strategy.sample(state, self.num_clients, k_sample)
         work, straggler = self.strategy.plan_work(clients, k_work)
@@ -173,7 +176,7 @@ class _Run:
         ]
         arrived = deliver(
             replies,
-            self.faults.plan(r, clients, k_plan),
+            self.faults.plan(r, clients, self.k_faults),
             deadline=self.strategy.deadline,
             key=k_corrupt,
         )
