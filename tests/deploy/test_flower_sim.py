@@ -1,0 +1,34 @@
+"""``engine=flower-sim``: the same apps under Flower's simulation engine (Ray) give the
+in-process simulation's parameters."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from fedkit.flower.settings import Settings, build_strategy, build_task
+from fedkit.simulation import checkpoint as ckpt
+from fedkit.simulation import simulate
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None, reason="flwr[simulation] (Ray) not installed"
+    ),
+]
+
+
+def test_flower_simulation_matches_in_process_simulation(tmp_path):
+    from fedkit.flower.sim import run_flower_simulation
+
+    config = {"task-clients": 3, "rounds": 2, "seed": 0, "round-deadline": 600.0}
+    record = run_flower_simulation(tmp_path / "run", config)
+    assert [m["accepted"] for m in record["metrics"]] == [3, 3]
+    settings = Settings.from_run_config(config)
+    expected = simulate(
+        build_task(settings), build_strategy(settings), rounds=2, key=0, engine="sequential"
+    )
+    got = ckpt.load_latest(tmp_path / "run" / "checkpoints").tree["state"].params
+    torch.testing.assert_close(got, expected.final_params, rtol=1e-5, atol=1e-6)
