@@ -1,4 +1,5 @@
-"""The ``fedkit`` console script: ``run``, ``bench`` and ``tables``.
+"""The ``fedkit`` console script: ``run``, ``bench``, ``tables`` (and ``deploy``, which hands
+over to :mod:`fedkit.flower.deploy`).
 
 It lives here rather than in ``fedkit`` so that the core never imports the suites
 (DESIGN.md): ``fedkit = "experiments.cli:main"``. Each subcommand imports its module only
@@ -24,6 +25,8 @@ commands:
                               a real Flower deployment on this machine (TLS + node auth by default)
   tables RESULTS_DIR [--out DIR] [--no-figures]
                               LaTeX / Markdown / CSV tables and PDF / PNG figures from records
+  deploy local [--nodes N] [...]
+                              fedkit's Flower App on a local SuperLink + SuperNodes (TLS)
 
 See experiments/README.md.
 """
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from paper.cli import main as tables_main
 
         return tables_main(rest)
+    if command == "deploy":
+        from fedkit.flower.deploy import main as deploy_main
+
+        return deploy_main(rest)
     print(f"fedkit: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

@@ -1,0 +1,100 @@
+"""From a composed config to the values ``fedkit.simulate`` takes.
+
+Every object is made by Hydra's ``instantiate`` from its ``_target_`` (config mirrors code);
+this module only decides the order of the server chain and fills in what depends on other
+groups: the privacy group's mechanisms go around the server components (``pre`` first,
+``post`` right after the reducer, before server optimizers), and a DP noise component's
+``expected_clients: null`` becomes the number of clients sampled per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import dp
+from fedkit import Strategy, chain
+from fedkit.core.components import Component, Role
+
+
+@attrs.frozen(eq=False)
+class Experiment:
+    """Everything one simulation needs, built from a config."""
+
+    task: Any
+    strategy: Strategy
+    adversary: Any
+    faults: Any
+    rounds: int
+    seed: int
+    engine: str
+    eval_every: int
+    checkpoint: bool
+    privacy: dp.Privacy
+
+
+def as_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
+    """``cfg`` as an OmegaConf config (a plain dict is wrapped)."""
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+
+
+def make(node: Any, **kwargs: Any) -> Any:
+    """Instantiate one ``_target_`` node with plain Python containers as arguments."""
+    return instantiate(node, _convert_="all", **kwargs)
+
+
+def server_components(cfg: DictConfig) -> list[Component]:
+    """The server group's components, in the order they were listed."""
+    server = cfg.get("server") or {}
+    if not isinstance(server, DictConfig) or not server:
+        raise ValueError(
+            "config has no server components: pick some with server=[...] or defense=<preset>"
+        )
+    return [make(node) for node in server.values()]
+
+
+def compose_chain(
+    components: list[Component], pre: list[Component], post: list[Component]
+) -> list[Component]:
+    """``pre`` + the components up to their reducer + ``post`` + the server transforms."""
+    cut = len(components)
+    while cut > 0 and getattr(components[cut - 1], "role", None) is Role.SERVER:
+        cut -= 1
+    return [*pre, *components[:cut], *post, *components[cut:]]
+
+
+def build(cfg: DictConfig | Mapping[str, Any]) -> Experiment:
+    """The task, strategy, adversary and fault model described by ``cfg`` (nothing runs)."""
+    cfg = as_config(cfg)
+    task = make(cfg.task)
+    client = make(cfg.client)
+    # Objects are set with attrs.evolve, not passed to instantiate (which would turn an attrs
+    # value back into a config).
+    sampling = make(cfg.strategy)  # sampling, quorum, deadline; default client and chain
+    privacy = dp.resolve(
+        cfg,
+        per_round=sampling.num_sampled(int(task.num_clients)),
+        total=int(task.num_clients),
+    )
+    components = compose_chain(
+        server_components(cfg),
+        [make(node) for node in privacy.pre],
+        [make(node) for node in privacy.post],
+    )
+    strategy = attrs.evolve(sampling, client=client, server=chain(*components))
+    return Experiment(
+        task=task,
+        strategy=strategy,
+        adversary=make(cfg.attack),
+        faults=make(cfg.chaos),
+        rounds=int(cfg.rounds),
+        seed=int(cfg.seed),
+        engine=str(cfg.engine.name),
+        eval_every=int(cfg.eval_every),
+        checkpoint=bool(cfg.get("checkpoint", False)),
+        privacy=privacy,
+    )

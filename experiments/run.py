@@ -1,0 +1,124 @@
+"""One run: build the experiment from its config, simulate it, write its results record.
+
+``fedkit run`` is :func:`hydra_main` (Hydra's command line: overrides, ``-m`` multirun with
+the joblib launcher); ``fedkit bench`` calls :func:`run_experiment` directly for each point of
+its grid. The record is the one ``fedkit.simulate`` writes (``fedkit.run/1``, see
+:mod:`fedkit.simulation.records`) plus three sections the paper pipeline reads:
+
+* ``labels``: ``task``, ``defense``, ``attack``, ``chaos``, ``privacy``, ``seed`` — the names
+  a table groups by (group option names; ``None`` where unknown, then :mod:`paper.records`
+  derives them from the record's ``_target_`` entries);
+* ``privacy``: mechanism, ε (``None`` without DP), δ, noise multiplier, sample rate;
+* ``config``: the resolved config of the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.build import as_config, build
+from fedkit import simulate
+from fedkit.simulation.records import write_json
+
+RECORD = "record.json"
+
+
+def default_labels(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Table labels of a run: Hydra's group choices where known, else from the config."""
+    choices = dict(choices or {})
+    mechanism = str(cfg.privacy.get("mechanism", "none")) if "privacy" in cfg else "none"
+    defense = cfg.get("label") or choices.get("defense")
+    if not defense:
+        defense = "+".join(str(k) for k in (cfg.get("server") or {}))
+        if mechanism != "none":
+            defense += f"+{mechanism}_dp"
+    return {
+        "task": choices.get("task") or None,
+        "defense": defense,
+        "attack": choices.get("attack") or None,
+        "chaos": choices.get("chaos") or None,
+        "privacy": choices.get("privacy") or mechanism,
+        "seed": int(cfg.seed),
+    }
+
+
+def run_experiment(
+    cfg: DictConfig | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    labels: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Simulate the run ``cfg`` describes; write ``<out_dir>/record.json`` (and TensorBoard
+    scalars into ``out_dir`` when ``cfg.tensorboard``); return the record."""
+    cfg = as_config(cfg)
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(int(cfg.threads))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    exp = build(cfg)
+    history = simulate(
+        exp.task,
+        exp.strategy,
+        rounds=exp.rounds,
+        key=exp.seed,
+        engine=exp.engine,
+        adversary=exp.adversary,
+        faults=exp.faults,
+        eval_every=exp.eval_every,
+        checkpoint_dir=out / "checkpoints" if exp.checkpoint else None,
+        log_dir=out if cfg.get("tensorboard", True) else None,
+        progress=cfg.get("progress") if progress is None else progress,
+    )
+    record = dict(history.record)
+    releases = len(history.metrics) + int(record["counters"].get("rounds_lost", 0))
+    record["labels"] = {**default_labels(cfg), **dict(labels or {})}
+    record["privacy"] = exp.privacy.summary(releases)
+    record["config"] = OmegaConf.to_container(cfg, resolve=True)
+    write_json(out / RECORD, record)
+    return record
+
+
+def describe_result(record: Mapping[str, Any]) -> str:
+    """One line about a finished run."""
+    lab, final = record["labels"], record["final"]
+    acc = final.get("test_accuracy")
+    eps = record["privacy"].get("epsilon")
+    parts = [
+        f"{lab['defense']} | attack {lab['attack'] or '-'} | chaos {lab['chaos'] or '-'}",
+        f"seed {lab['seed']}",
+        f"accuracy {acc:.4f}" if acc is not None else "accuracy -",
+    ]
+    if eps is not None:
+        parts.append(f"ε {eps:.3g}")
+    return " | ".join(parts)
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """``fedkit run``: one run per Hydra job; returns the final test accuracy (for sweepers)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    if cfg.get("out_dir"):
+        out = Path(cfg.out_dir)
+        if hc.mode == RunMode.MULTIRUN:
+            out = out / str(hc.job.num)
+    record = run_experiment(cfg, out, labels=default_labels(cfg, hc.runtime.choices))
+    print(f"{describe_result(record)} -> {out / RECORD}", flush=True)
+    return record["final"].get("test_accuracy")
+
+
+def main(argv: list[str]) -> None:
+    """Hand ``argv`` (Hydra overrides and flags) to :func:`hydra_main`."""
+    sys.argv = ["fedkit", *argv]
+    hydra_main()

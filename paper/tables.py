@@ -1,0 +1,218 @@
+"""The paper's three tables, built from flattened runs (:mod:`paper.records`).
+
+(a) :func:`attack_defense` — final test accuracy (%) per defense (rows) and attack (columns),
+    one table per task and fault setting; best defense per attack in bold.
+(b) :func:`utility_vs_epsilon` — for runs with DP: ε and accuracy per attack, one row per
+    defense and noise level, sorted by ε.
+(c) :func:`fault_survival` — per fault setting and defense (over attacks and seeds): rounds
+    completed, updates lost (%), accuracy (%) and its change from the same run without faults
+    (same task, defense, attack, noise and seed), in percentage points.
+
+Rows and columns follow ``order`` (a dict of preferred orders for ``defense``, ``attack``,
+``chaos``), then ``none`` first, then alphabetical. A defense run at several noise levels
+gets one row per level, labelled with its noise multiplier σ.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+from paper.records import Run
+from paper.table import Column, Stat, Table
+
+Order = Mapping[str, Sequence[str]]
+
+PERCENT = 100.0
+
+
+def ordered(values: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
+    """Distinct ``values``: those in ``preferred`` in its order, then ``none``, then sorted."""
+    seen = set(values)
+    head = [v for v in preferred if v in seen]
+    rest = sorted(seen - set(head), key=lambda v: (v != "none", v))
+    return head + rest
+
+
+def group_by(runs: Iterable[Run], key: Callable[[Run], Hashable]) -> dict[Any, list[Run]]:
+    out: dict[Any, list[Run]] = defaultdict(list)
+    for r in runs:
+        out[key(r)].append(r)
+    return dict(out)
+
+
+def defense_rows(runs: Sequence[Run], order: Order) -> list[tuple[str, float | None, str]]:
+    """``(defense, noise multiplier, row label)`` in display order."""
+    levels = group_by(runs, lambda r: r.defense)
+    rows = []
+    for d in ordered(levels, order.get("defense", ())):
+        zs = sorted({r.noise_multiplier for r in levels[d]}, key=lambda z: (z is None, z or 0.0))
+        for z in zs:
+            rows.append((d, z, d if len(zs) == 1 or z is None else f"{d} (σ={z:g})"))
+    return rows
+
+
+def _seeds_phrase(stats: Iterable[Stat]) -> str:
+    counts = {s.n for s in stats if s.n}
+    if len(counts) == 1:
+        n = counts.pop()
+        return f"over {n} seed{'s' if n != 1 else ''}"
+    return "over seeds"
+
+
+def _fixed(runs: Sequence[Run], field: str) -> list[str]:
+    return sorted({getattr(r, field) for r in runs})
+
+
+def attack_defense(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (a), one per (task, fault setting)."""
+    order = order or {}
+    tables = []
+    by_setting = group_by(runs, lambda r: (r.task, r.chaos))
+    tasks = ordered({t for t, _ in by_setting})
+    settings = ordered({c for _, c in by_setting}, order.get("chaos", ()))
+    for task in tasks:
+        for chaos in settings:
+            group = by_setting.get((task, chaos))
+            if not group:
+                continue
+            attacks = ordered({r.attack for r in group}, order.get("attack", ()))
+            cells = group_by(group, lambda r: (r.defense, r.noise_multiplier, r.attack))
+            rows, stats = [], []
+            for d, z, label in defense_rows(group, order):
+                row: list[Any] = [label]
+                for a in attacks:
+                    s = Stat.of(r.accuracy for r in cells.get((d, z, a), []))
+                    row.append(s)
+                    stats.append(s)
+                rows.append(row)
+            caption = (
+                f"Final test accuracy (%) on {task} with faults: {chaos}; defenses (rows) "
+                f"under attacks (columns), mean ± std {_seeds_phrase(stats)}; best per "
+                "attack in bold."
+            )
+            tables.append(
+                Table(
+                    name=f"attack_defense_{task}_{chaos}",
+                    caption=caption,
+                    columns=[
+                        Column("Defense", kind="text"),
+                        *(Column(a, better="max", scale=PERCENT) for a in attacks),
+                    ],
+                    rows=rows,
+                    group=(("Task", task), ("Faults", chaos)),
+                )
+            )
+    return tables
+
+
+def utility_vs_epsilon(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (b): one table (empty list when no run has an ε)."""
+    order = order or {}
+    private = [r for r in runs if r.epsilon is not None]
+    if not private:
+        return []
+    tasks, settings = _fixed(private, "task"), _fixed(private, "chaos")
+    attacks = ordered({r.attack for r in private}, order.get("attack", ()))
+    groups = group_by(private, lambda r: (r.task, r.chaos, r.defense, r.noise_multiplier))
+    cells = group_by(private, lambda r: (r.task, r.chaos, r.defense, r.noise_multiplier, r.attack))
+    columns = []
+    if len(tasks) > 1:
+        columns.append(Column("Task", kind="text"))
+    if len(settings) > 1:
+        columns.append(Column("Faults", kind="text"))
+    columns += [
+        Column("Defense", kind="text"),
+        Column("ε", digits=2, tex=r"$\varepsilon$"),
+        *(Column(a, better="max", scale=PERCENT) for a in attacks),
+    ]
+    keyed = []
+    for task in ordered(tasks):
+        for chaos in ordered(settings, order.get("chaos", ())):
+            for d, z, label in defense_rows(
+                [r for r in private if (r.task, r.chaos) == (task, chaos)], order
+            ):
+                members = groups[(task, chaos, d, z)]
+                eps = Stat.of(r.epsilon for r in members)
+                row: list[Any] = []
+                if len(tasks) > 1:
+                    row.append(task)
+                if len(settings) > 1:
+                    row.append(chaos)
+                row += [label, eps]
+                row += [
+                    Stat.of(r.accuracy for r in cells.get((task, chaos, d, z, a), []))
+                    for a in attacks
+                ]
+                keyed.append(((task, chaos, d, eps.mean), row))
+    # within a task and fault setting: by defense (display order kept), then by ε
+    position = {k[:3]: i for i, (k, _) in enumerate(keyed)}
+    keyed.sort(key=lambda kr: (position[kr[0][:3]], kr[0][3]))
+    rows = [row for _, row in keyed]
+    accuracy = [c for row in rows for c in row if isinstance(c, Stat)]
+    caption = (
+        "Utility vs privacy: ε (δ as configured) and final test accuracy (%) per attack, "
+        f"mean ± std {_seeds_phrase(accuracy)}; best per attack in bold."
+    )
+    return [Table(name="utility_vs_epsilon", caption=caption, columns=columns, rows=rows)]
+
+
+def fault_survival(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (c): one table (empty list when every run is fault-free)."""
+    order = order or {}
+    faulty = [r for r in runs if r.chaos != "none"]
+    if not faulty:
+        return []
+    baseline = {
+        (r.task, r.defense, r.noise_multiplier, r.attack, r.seed): r.accuracy
+        for r in runs
+        if r.chaos == "none"
+    }
+
+    def delta(r: Run) -> float | None:
+        base = baseline.get((r.task, r.defense, r.noise_multiplier, r.attack, r.seed))
+        if base is None or r.accuracy is None:
+            return None
+        return r.accuracy - base
+
+    tasks = _fixed(faulty, "task")
+    groups = group_by(faulty, lambda r: (r.task, r.chaos, r.defense, r.noise_multiplier))
+    columns = [Column("Task", kind="text")] if len(tasks) > 1 else []
+    columns += [
+        Column("Faults", kind="text"),
+        Column("Defense", kind="text"),
+        Column("Rounds completed", better="max"),
+        Column("Updates lost (%)", better="min", scale=PERCENT),
+        Column("Accuracy (%)", better="max", scale=PERCENT),
+        Column("Δ accuracy (pp)", better="max", scale=PERCENT, tex=r"$\Delta$ accuracy (pp)"),
+    ]
+    rows = []
+    for task in ordered(tasks):
+        of_task = [r for r in faulty if r.task == task]
+        for chaos in ordered({r.chaos for r in of_task}, order.get("chaos", ())):
+            for d, z, label in defense_rows([r for r in of_task if r.chaos == chaos], order):
+                members = groups[(task, chaos, d, z)]
+                row: list[Any] = [task] if len(tasks) > 1 else []
+                row += [
+                    chaos,
+                    label,
+                    Stat.of(r.rounds_completed for r in members),
+                    Stat.of(r.lost_fraction for r in members),
+                    Stat.of(r.accuracy for r in members),
+                    Stat.of(delta(r) for r in members),
+                ]
+                rows.append(row)
+    caption = (
+        "Fault survival per fault setting and defense, mean ± std over attacks and seeds: "
+        "rounds completed, updates lost (%), final test accuracy (%) and its change from the "
+        "same runs without faults (percentage points); best per column in bold."
+    )
+    return [Table(name="fault_survival", caption=caption, columns=columns, rows=rows)]
+
+
+KINDS: dict[str, Callable[[Sequence[Run], Order | None], list[Table]]] = {
+    "attack_defense": attack_defense,
+    "utility_vs_epsilon": utility_vs_epsilon,
+    "fault_survival": fault_survival,
+}
