@@ -84,25 +84,71 @@ def cases(n: int, f: int):
     m = n - f
     bz = (lambda cls, *a: cls(*a)) if byzfl else None
     return [
-        ("mean", lambda U, W: agg.mean(U, W), lambda R, M: fa.aggregate(R),
-         bz and bz(byzfl.Average), False),
-        ("median", lambda U, W: agg.median(U), lambda R, M: fa.aggregate_median(R),
-         bz and bz(byzfl.Median), True),
-        ("trimmed_mean", lambda U, W: agg.trimmed_mean(U, f=f),
-         lambda R, M: fa.aggregate_trimmed_avg(R, f / n), bz and bz(byzfl.TrMean, f), True),
-        ("krum", lambda U, W: agg.krum(U, f=f),
-         lambda R, M: fa.aggregate_krum(R, num_malicious=f, to_keep=0), bz and bz(byzfl.Krum, f), False),
-        ("multi_krum", lambda U, W: agg.multi_krum(U, W, f=f, m=m),
-         lambda R, M: fa.aggregate_krum(R, num_malicious=f, to_keep=m), bz and bz(byzfl.MultiKrum, f), False),
-        ("multi_krum (msg api)", lambda U, W: agg.multi_krum(U, W, f=f, m=m),
-         lambda R, M: aggregate_arrayrecords(select_multikrum(M, f, m), "num-examples"), None, False),
-        ("bulyan", lambda U, W: agg.bulyan(U, f=f),
-         lambda R, M: fa.aggregate_bulyan(list(R), num_malicious=f, aggregation_rule=fa.aggregate_krum, to_keep=0),
-         None, False),
-        ("geometric_median", lambda U, W: agg.geometric_median(U), None,
-         bz and bz(byzfl.GeometricMedian), False),
-        ("centered_clipping", lambda U, W: agg.centered_clipping(U, tau=1.0, iters=3), None,
-         bz and (lambda X: byzfl.CenteredClipping(m=None, L=3, tau=1.0)(X)), False),
+        (
+            "mean",
+            lambda U, W: agg.mean(U, W),
+            lambda R, M: fa.aggregate(R),
+            bz and bz(byzfl.Average),
+            False,
+        ),
+        (
+            "median",
+            lambda U, W: agg.median(U),
+            lambda R, M: fa.aggregate_median(R),
+            bz and bz(byzfl.Median),
+            True,
+        ),
+        (
+            "trimmed_mean",
+            lambda U, W: agg.trimmed_mean(U, f=f),
+            lambda R, M: fa.aggregate_trimmed_avg(R, f / n),
+            bz and bz(byzfl.TrMean, f),
+            True,
+        ),
+        (
+            "krum",
+            lambda U, W: agg.krum(U, f=f),
+            lambda R, M: fa.aggregate_krum(R, num_malicious=f, to_keep=0),
+            bz and bz(byzfl.Krum, f),
+            False,
+        ),
+        (
+            "multi_krum",
+            lambda U, W: agg.multi_krum(U, W, f=f, m=m),
+            lambda R, M: fa.aggregate_krum(R, num_malicious=f, to_keep=m),
+            bz and bz(byzfl.MultiKrum, f),
+            False,
+        ),
+        (
+            "multi_krum (msg api)",
+            lambda U, W: agg.multi_krum(U, W, f=f, m=m),
+            lambda R, M: aggregate_arrayrecords(select_multikrum(M, f, m), "num-examples"),
+            None,
+            False,
+        ),
+        (
+            "bulyan",
+            lambda U, W: agg.bulyan(U, f=f),
+            lambda R, M: fa.aggregate_bulyan(
+                list(R), num_malicious=f, aggregation_rule=fa.aggregate_krum, to_keep=0
+            ),
+            None,
+            False,
+        ),
+        (
+            "geometric_median",
+            lambda U, W: agg.geometric_median(U),
+            None,
+            bz and bz(byzfl.GeometricMedian),
+            False,
+        ),
+        (
+            "centered_clipping",
+            lambda U, W: agg.centered_clipping(U, tau=1.0, iters=3),
+            None,
+            bz and (lambda X: byzfl.CenteredClipping(m=None, L=3, tau=1.0)(X)),
+            False,
+        ),
         ("meamed", lambda U, W: agg.meamed(U, f=f), None, bz and bz(byzfl.Meamed, f), False),
         ("caf", lambda U, W: agg.caf(U, f=f), None, bz and bz(byzfl.CAF, f), False),
         ("monna", lambda U, W: agg.monna(U, f=f), None, bz and bz(byzfl.MoNNA, f), False),
@@ -139,26 +185,33 @@ def run(ns, ds, repeats: int, out_dir: Path, console: Console) -> list[dict]:
             for name, ours, flower, byz, partition in cases(n, f):
                 progress.update(task, description=f"n={n} d={d:.0e} {name}")
                 row = {"aggregator": name, "n": n, "d": d, "f": f}
-                row["fedkit_s"], _ = _timeit(lambda: ours(U, W), repeats, PEER_BUDGET_S)
+                row["fedkit_s"], _ = _timeit(
+                    lambda ours=ours, U=U, W=W: ours(U, W), repeats, PEER_BUDGET_S
+                )
                 if flower is not None:
                     est = _flower_cost_estimate(name.split(" ")[0], n, f, d, per_norm)
                     if est > PEER_BUDGET_S:
                         row["flower_s"] = None
                         row["flower_note"] = f"skipped (est. {est:.0f} s)"
                     else:
-                        row["flower_s"], _ = _timeit(lambda: flower(results, msgs), repeats, PEER_BUDGET_S)
+                        row["flower_s"], _ = _timeit(
+                            lambda flower=flower, R=results, M=msgs: flower(R, M),
+                            repeats,
+                            PEER_BUDGET_S,
+                        )
                 if byz is not None:
-                    row["byzfl_s"], _ = _timeit(lambda: byz(U), repeats, PEER_BUDGET_S)
+                    row["byzfl_s"], _ = _timeit(lambda byz=byz, U=U: byz(U), repeats, PEER_BUDGET_S)
                 if partition:
                     k = n // 2 if name == "median" else f
                     row["np_partition_s"], _ = _timeit(
-                        lambda: np.partition(Un, (k, n - 1 - k), axis=0), repeats, PEER_BUDGET_S
+                        lambda Un=Un, k=k, n=n: np.partition(Un, (k, n - 1 - k), axis=0),
+                        repeats,
+                        PEER_BUDGET_S,
                     )
                 for peer in ("flower", "byzfl", "np_partition"):
                     if row.get(f"{peer}_s"):
                         row[f"{peer}_speedup"] = row[f"{peer}_s"] / row["fedkit_s"]
                 rows.append(row)
-            del U, Un, results, msgs
             gc.collect()
             progress.advance(task)
     return rows
@@ -166,7 +219,18 @@ def run(ns, ds, repeats: int, out_dir: Path, console: Console) -> list[dict]:
 
 def render(rows: list[dict], console: Console) -> str:
     table = Table(title="Aggregators: median seconds; speed-up = peer time / fedkit time")
-    cols = ["aggregator", "n", "d", "fedkit", "Flower", "x Flower", "ByzFL", "x ByzFL", "np.partition", "x part."]
+    cols = [
+        "aggregator",
+        "n",
+        "d",
+        "fedkit",
+        "Flower",
+        "x Flower",
+        "ByzFL",
+        "x ByzFL",
+        "np.partition",
+        "x part.",
+    ]
     for c in cols:
         table.add_column(c, justify="right" if c not in ("aggregator",) else "left")
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -178,9 +242,14 @@ def render(rows: list[dict], console: Console) -> str:
 
     for r in rows:
         cells = [
-            r["aggregator"], str(r["n"]), f"{r['d']:.0e}", fmt(r["fedkit_s"], "s"),
-            r.get("flower_note") or fmt(r.get("flower_s"), "s"), fmt(r.get("flower_speedup")),
-            fmt(r.get("byzfl_s"), "s"), fmt(r.get("byzfl_speedup")),
+            r["aggregator"],
+            str(r["n"]),
+            f"{r['d']:.0e}",
+            fmt(r["fedkit_s"], "s"),
+            r.get("flower_note") or fmt(r.get("flower_s"), "s"),
+            fmt(r.get("flower_speedup")),
+            fmt(r.get("byzfl_s"), "s"),
+            fmt(r.get("byzfl_speedup")),
             fmt(r.get("np_partition_s"), "s"),
             fmt(1 / r["np_partition_speedup"]) if r.get("np_partition_speedup") else "–",
         ]

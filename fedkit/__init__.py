@@ -4,11 +4,11 @@ Pure components on flat parameter tensors (see DESIGN.md). Everything a research
 is re-exported here: keys and samplers, flat parameters, ``chain`` and the components.
 """
 
+from fedkit._components import *  # noqa: F403
+from fedkit._components import __all__ as _components_all
 from fedkit.client import ClientConfig
 from fedkit.core import *  # noqa: F403
 from fedkit.core import __all__ as _core_all
-from fedkit._components import *  # noqa: F403
-from fedkit._components import __all__ as _components_all
 from fedkit.simulation import History, simulate
 from fedkit.strategy import ServerState, Stragglers, Strategy
 

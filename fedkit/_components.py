@@ -60,8 +60,25 @@ fedadam = FedAdam
 fedyogi = FedYogi
 fedadagrad = FedAdagrad
 
-REDUCERS = (Mean, Median, TrimmedMean, MeaMed, GeometricMedian, Krum, MultiKrum, Bulyan,
-            CenteredClipping, MDA, MoNNA, CAF, SMEA, DnC, ClippedClustering, SignGuard, FLTrust)
+REDUCERS = (
+    Mean,
+    Median,
+    TrimmedMean,
+    MeaMed,
+    GeometricMedian,
+    Krum,
+    MultiKrum,
+    Bulyan,
+    CenteredClipping,
+    MDA,
+    MoNNA,
+    CAF,
+    SMEA,
+    DnC,
+    ClippedClustering,
+    SignGuard,
+    FLTrust,
+)
 TRANSFORMS = (Clip, ARC, NNM, Bucketing, Sanitize, KrumSelect)
 SERVER_TRANSFORMS = (ServerLR, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 

@@ -97,7 +97,9 @@ def epoch_orders(
     epochs = math.ceil(steps / math.ceil(n / batch_width(n, batch_size)))
     if not shuffle or epochs == 0:
         return torch.arange(n).expand(epochs, n)
-    return torch.stack([permutation(fold_in(key, e), n) for e in range(epochs)]).view(epochs, n)
+    if epochs == 1:
+        return permutation(fold_in(key, 0), n).unsqueeze(0)
+    return torch.stack([permutation(fold_in(key, e), n) for e in range(epochs)])
 
 
 def stack_schedules(
@@ -203,7 +205,8 @@ def local_step(
             loss = objective(leaf)
             (grad,) = torch.autograd.grad(loss, leaf)
         loss = loss.detach()
-    grad = grad + cfg.prox_mu * (params - anchor)
+    if cfg.prox_mu:
+        grad = grad + cfg.prox_mu * (params - anchor)
     if cfg.weight_decay:
         grad = grad + cfg.weight_decay * params
     if cfg.optimizer == "adam":

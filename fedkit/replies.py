@@ -19,6 +19,7 @@ with one reason, and no malformed reply can raise. Reasons, in the order they ar
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -74,6 +75,15 @@ def payload_bytes(update: Any) -> int:
     return 0
 
 
+def _finite(update: torch.Tensor) -> bool:
+    """No NaN or ±Inf in ``update``. Fast path: one float64 sum, which is finite iff every
+    entry is (a sum of float32 values cannot overflow float64); only a non-finite sum of a
+    float64 tensor, which may be an overflow, is checked entry by entry."""
+    if math.isfinite(update.sum(dtype=torch.float64).item()):
+        return True
+    return update.dtype == torch.float64 and bool(torch.isfinite(update).all())
+
+
 def check(
     reply: Any,
     *,
@@ -105,7 +115,7 @@ def check(
         return "wrong_dtype"
     if update.ndim != 1 or update.shape[0] != d:
         return "wrong_shape"
-    if not bool(torch.isfinite(update).all()):
+    if not _finite(update):
         return "non_finite"
     n = getattr(reply, "num_examples", None)
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:

@@ -17,7 +17,9 @@ from fedkit.core.keys import Key, generator
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements per chunk: 16 MiB in float32
 
 
-def check_updates(updates: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def check_updates(
+    updates: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``updates: Tensor[n, d]`` (floating) and return ``(updates, weights)`` with
     weights as a float tensor ``[n]`` (ones when None). At least one weight must be positive."""
     if not isinstance(updates, torch.Tensor):
@@ -120,7 +122,9 @@ def pairwise_sq_distances(
     return dist
 
 
-def sq_distances_to(updates: torch.Tensor, point: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+def sq_distances_to(
+    updates: torch.Tensor, point: torch.Tensor, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """Squared distances (float64, ``[m]``) from rows ``index`` of ``updates`` to ``point``."""
     m = updates.shape[0] if index is None else index.numel()
     acc = torch.zeros(m, dtype=torch.float64, device=updates.device)

@@ -159,8 +159,12 @@ class Chain(Reducer):
         if state is None:
             state = self.init(updates.shape[1])
         if len(state) != len(self.components):
-            raise ValueError(f"chain state has {len(state)} entries for {len(self.components)} components")
-        keys = split(key, len(self.components)) if key is not None else (None,) * len(self.components)
+            raise ValueError(
+                f"chain state has {len(state)} entries for {len(self.components)} components"
+            )
+        keys = (
+            split(key, len(self.components)) if key is not None else (None,) * len(self.components)
+        )
         info: Info = {}
         new_states = []
         out: Any = updates
@@ -195,7 +199,9 @@ def _check_roles(components: tuple[Component, ...]) -> None:
                 f"chain position {i}: {type(c).__name__} is not a fedkit component (no role)"
             )
         roles.append(role)
-    described = ", ".join(f"{i}:{type(c).__name__}({r})" for i, (c, r) in enumerate(zip(components, roles)))
+    described = ", ".join(
+        f"{i}:{type(c).__name__}({r})" for i, (c, r) in enumerate(zip(components, roles))
+    )
     reducers = [i for i, r in enumerate(roles) if r is Role.REDUCER]
     if len(reducers) != 1:
         raise ValueError(

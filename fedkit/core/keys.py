@@ -188,5 +188,7 @@ def choice(
     if torch.any(probs < 0) or probs.sum() <= 0:
         raise ValueError("choice probabilities must be non-negative with a positive sum")
     if not replace and int((probs > 0).sum()) < size:
-        raise ValueError(f"only {int((probs > 0).sum())} items have positive probability, need {size}")
+        raise ValueError(
+            f"only {int((probs > 0).sum())} items have positive probability, need {size}"
+        )
     return torch.multinomial(probs, size, replacement=replace, generator=gen).to(device)

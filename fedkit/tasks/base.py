@@ -33,7 +33,13 @@ def keyed_init(module: nn.Module, key: Key) -> dict[str, torch.Tensor]:
             out[name] = torch.ones_like(p) if leaf == "weight" else torch.zeros_like(p)
             continue
         weight = getattr(owner, "weight", None)
-        fan_in = weight[0].numel() if weight is not None and weight.ndim > 1 else p.shape[-1] if p.ndim else 1
+        fan_in = (
+            weight[0].numel()
+            if weight is not None and weight.ndim > 1
+            else p.shape[-1]
+            if p.ndim
+            else 1
+        )
         bound = 1.0 / math.sqrt(max(fan_in, 1))
         out[name] = uniform(fold_in(key, i), tuple(p.shape), low=-bound, high=bound, dtype=p.dtype)
     return out

@@ -94,7 +94,9 @@ def test_chain_does_not_mutate_inputs_or_state():
     state = c.init(2)
     copies = (u.clone(), w.clone(), state[2].clone())
     c(u, w, state, fedkit.key(0))
-    assert torch.equal(u, copies[0]) and torch.equal(w, copies[1]) and torch.equal(state[2], copies[2])
+    assert (
+        torch.equal(u, copies[0]) and torch.equal(w, copies[1]) and torch.equal(state[2], copies[2])
+    )
 
 
 def test_chain_checks_shapes_and_state_length():

@@ -105,3 +105,12 @@ def test_validation_never_raises_and_accounts_for_every_reply(replies):
     assert len(out.accepted) + len(out.rejected) == len(replies)
     assert len({r.client for r in out.accepted}) == len(out.accepted)
     assert all(reason in REASONS for _, reason in out.rejected)
+
+
+def test_huge_but_finite_float64_updates_are_accepted():
+    big = torch.full((D,), 1e308, dtype=torch.float64)
+    out = validate([good(update=big)], round=3, d=D, dtype=torch.float64, expected=[1])
+    assert len(out.accepted) == 1
+    big[2] = float("inf")
+    out = validate([good(update=big)], round=3, d=D, dtype=torch.float64, expected=[1])
+    assert out.reasons == {"non_finite": 1}
