@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import needs_flower
 
-pytestmark = [pytest.mark.deploy, pytest.mark.slow, needs_flower, pytest.mark.timeout(1800)]
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.chaos_deploy,
+    pytest.mark.slow,
+    needs_flower,
+    pytest.mark.timeout(1800),
+]
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 

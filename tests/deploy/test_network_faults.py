@@ -14,6 +14,7 @@ from fedkit.flower.deploy import LocalDeployment
 
 pytestmark = [
     pytest.mark.deploy,
+    pytest.mark.chaos_deploy,
     pytest.mark.root,
     pytest.mark.slow,
     needs_flower,
