@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from fedkit.client import ClientConfig
 from fedkit.core.flat import ParamSpec, flatten, spec_of, unflatten
 from fedkit.core.keys import Key, fold_in, permutation
 from fedkit.core.keys import key as make_key
@@ -153,13 +154,22 @@ class So100Task:
         self,
         flat: torch.Tensor,
         client: int,
+        cfg: ClientConfig | None = None,
+        work: int | None = None,
+        key: Key | None = None,
         *,
-        steps: int,
-        lr: float,
-        prox_mu: float = 0.0,
-        key: Key,
+        steps: int | None = None,
+        lr: float | None = None,
+        prox_mu: float | None = None,
     ) -> tuple[torch.Tensor, int, dict[str, float]]:
-        """``steps`` optimizer steps on ``client``'s frames from parameters ``flat``.
+        """Optimizer steps on ``client``'s frames from parameters ``flat``.
+
+        Two call forms. Direct: ``train_client(flat, client, steps=, lr=, prox_mu=0.0,
+        key=)``. Engine (:mod:`fedkit.simulation`): ``train_client(flat, client, cfg, work,
+        key)`` with a :class:`fedkit.ClientConfig` ``cfg`` and ``work`` units, turned into
+        steps by :meth:`steps_for`; ``lr`` and ``prox_mu`` come from ``cfg``. The task's own
+        optimizer (``So100Config.optimizer`` with the policy's preset) and batch size are
+        used either way; ``cfg``'s optimizer, momentum, weight decay and batch size are not.
 
         Minimises the policy's loss plus ``prox_mu / 2 · ‖θ − flat‖²`` (FedProx) when
         ``prox_mu > 0``. Returns ``(Δ = θ_local − flat, client frames, metrics)``; metrics
@@ -168,6 +178,41 @@ class So100Task:
 
         FedProx: Li et al. 2020, Federated optimization in heterogeneous networks.
         """
+        if key is None:
+            raise TypeError("train_client needs a key")
+        if cfg is None:
+            if work is not None:
+                raise TypeError("train_client: work is only valid with a ClientConfig cfg")
+            if steps is None or lr is None:
+                raise TypeError("train_client needs steps= and lr= (or a ClientConfig and work)")
+            return self._train(flat, client, steps, lr, 0.0 if prox_mu is None else prox_mu, key)
+        if steps is not None or lr is not None or prox_mu is not None:
+            raise TypeError("train_client: pass either a ClientConfig and work, or steps= and lr=")
+        if work is None:
+            raise TypeError("train_client: a ClientConfig needs work (epochs or steps)")
+        return self._train(
+            flat, client, self.steps_for(client, cfg, work), cfg.lr, cfg.prox_mu, key
+        )
+
+    def steps_for(self, client: int, cfg: ClientConfig, work: int) -> int:
+        """Optimizer steps for ``work`` units of ``cfg``: ``work`` steps when ``cfg.steps`` is
+        set, else ``work`` epochs of ``ceil(frames / batch_size)`` steps each, with the
+        task's batch size (the one :func:`batch_order` draws batches of)."""
+        if not isinstance(work, int) or work < 0:
+            raise ValueError(f"work must be a non-negative int, got {work!r}")
+        if cfg.steps is not None:
+            return work
+        return work * math.ceil(self.client_size(client) / self.config.batch_size)
+
+    def _train(
+        self,
+        flat: torch.Tensor,
+        client: int,
+        steps: int,
+        lr: float,
+        prox_mu: float,
+        key: Key,
+    ) -> tuple[torch.Tensor, int, dict[str, float]]:
         self.spec.check(flat, what="global parameters")
         self._check_client(client)
         if not isinstance(steps, int) or steps < 0:
