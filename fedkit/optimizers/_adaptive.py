@@ -4,10 +4,11 @@ FedAdagrad; Reddi et al. 2021, Adaptive Federated Optimization, Algorithm 2)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
+from fedkit.core.components import ServerTransform, hyperparameters
 from fedkit.optimizers._checks import check_delta, check_real, like_delta
 
 
@@ -63,3 +64,29 @@ def adaptive_step(
     scale = lr if correction is None else lr * correction(count.to(torch.float64))
     step = (m * scale) / (v.sqrt() + tau)
     return step, AdaptiveState(m, v, count)
+
+
+def adam_correction(beta1: float, beta2: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Kingma and Ba's bias correction ``c(t) = √(1 − β₂ᵗ) / (1 − β₁ᵗ)`` (Adam and Yogi)."""
+
+    def correction(t: torch.Tensor) -> torch.Tensor:
+        return (1.0 - beta2**t).sqrt() / (1.0 - beta1**t)
+
+    return correction
+
+
+class AdaptiveOptimizer(ServerTransform):
+    """Base of the FedAdam / FedYogi / FedAdagrad components: the state is an
+    :class:`AdaptiveState` whose ``v`` starts at the ``initial_accumulator`` field, and a
+    call runs ``step_fn`` with every other field as a keyword argument."""
+
+    step_fn: ClassVar[Callable[..., tuple[torch.Tensor, AdaptiveState]]]
+
+    def init(self, d: int) -> AdaptiveState:
+        return adaptive_init(d, initial_accumulator=self.initial_accumulator)
+
+    def __call__(self, updates, weights, state, key):
+        params = hyperparameters(self)
+        params.pop("initial_accumulator")
+        step, state = type(self).step_fn(updates, state, **params)
+        return step, state, {}

@@ -5,8 +5,11 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.core.components import ServerTransform
-from fedkit.optimizers._adaptive import AdaptiveState, adaptive_init, adaptive_step
+from fedkit.optimizers._adaptive import (
+    AdaptiveOptimizer,
+    AdaptiveState,
+    adaptive_step,
+)
 from fedkit.optimizers._checks import unit_interval
 
 
@@ -45,26 +48,13 @@ def adagrad_step(
 
 
 @attrs.frozen
-class FedAdagrad(ServerTransform):
+class FedAdagrad(AdaptiveOptimizer):
     """Component for :func:`adagrad_step`; its state is an :class:`AdaptiveState` whose
     ``v`` starts at ``initial_accumulator``."""
 
+    step_fn = staticmethod(adagrad_step)
     lr: float = attrs.field(default=0.1, converter=float, validator=attrs.validators.gt(0.0))
     beta1: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
     tau: float = attrs.field(default=1e-9, converter=float, validator=attrs.validators.ge(0.0))
     bias_correction: bool = False
     initial_accumulator: float = attrs.field(default=0.0, converter=float)
-
-    def init(self, d: int) -> AdaptiveState:
-        return adaptive_init(d, initial_accumulator=self.initial_accumulator)
-
-    def __call__(self, updates, weights, state, key):
-        step, state = adagrad_step(
-            updates,
-            state,
-            lr=self.lr,
-            beta1=self.beta1,
-            tau=self.tau,
-            bias_correction=self.bias_correction,
-        )
-        return step, state, {}

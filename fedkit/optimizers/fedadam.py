@@ -5,8 +5,12 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.core.components import ServerTransform
-from fedkit.optimizers._adaptive import AdaptiveState, adaptive_init, adaptive_step
+from fedkit.optimizers._adaptive import (
+    AdaptiveOptimizer,
+    AdaptiveState,
+    adam_correction,
+    adaptive_step,
+)
 from fedkit.optimizers._checks import check_real, unit_interval
 
 
@@ -31,9 +35,6 @@ def adam_step(
     def second_moment(v: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
         return beta2 * v + (1.0 - beta2) * sq
 
-    def correction(t: torch.Tensor) -> torch.Tensor:
-        return (1.0 - beta2**t).sqrt() / (1.0 - beta1**t)
-
     return adaptive_step(
         "fedadam",
         delta,
@@ -42,33 +43,19 @@ def adam_step(
         lr=lr,
         beta1=beta1,
         tau=tau,
-        correction=correction if bias_correction else None,
+        correction=adam_correction(beta1, beta2) if bias_correction else None,
     )
 
 
 @attrs.frozen
-class FedAdam(ServerTransform):
+class FedAdam(AdaptiveOptimizer):
     """Component for :func:`adam_step`; its state is an :class:`AdaptiveState` whose ``v``
     starts at ``initial_accumulator``."""
 
+    step_fn = staticmethod(adam_step)
     lr: float = attrs.field(default=0.1, converter=float, validator=attrs.validators.gt(0.0))
     beta1: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
     beta2: float = attrs.field(default=0.99, converter=float, validator=unit_interval)
     tau: float = attrs.field(default=1e-9, converter=float, validator=attrs.validators.ge(0.0))
     bias_correction: bool = False
     initial_accumulator: float = attrs.field(default=0.0, converter=float)
-
-    def init(self, d: int) -> AdaptiveState:
-        return adaptive_init(d, initial_accumulator=self.initial_accumulator)
-
-    def __call__(self, updates, weights, state, key):
-        step, state = adam_step(
-            updates,
-            state,
-            lr=self.lr,
-            beta1=self.beta1,
-            beta2=self.beta2,
-            tau=self.tau,
-            bias_correction=self.bias_correction,
-        )
-        return step, state, {}
