@@ -51,8 +51,17 @@ def _check_fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> No
 _knowledge = attrs.validators.in_(KNOWLEDGE_LEVELS)
 
 
+class _ControlsClients:
+    """``controlled``: the keyed choice of ``num_byzantine`` clients or a ``fraction``."""
+
+    def controlled(self, num_clients: int, key: Key) -> torch.Tensor:
+        return choose_controlled(
+            num_clients, num_byzantine=self.num_byzantine, fraction=self.fraction, key=key
+        )
+
+
 @attrs.frozen
-class ModelPoisoning:
+class ModelPoisoning(_ControlsClients):
     """The controlled clients send ``attack``'s rows instead of their updates; the attack sees
     what ``knowledge`` allows (:mod:`attacks.knowledge`). The round's key is folded with the
     round number before it reaches the attack."""
@@ -61,11 +70,6 @@ class ModelPoisoning:
     num_byzantine: int | None = attrs.field(default=None, validator=_check_count)
     fraction: float | None = attrs.field(default=None, validator=_check_fraction)
     knowledge: str = attrs.field(default="omniscient", validator=_knowledge)
-
-    def controlled(self, num_clients: int, key: Key) -> torch.Tensor:
-        return choose_controlled(
-            num_clients, num_byzantine=self.num_byzantine, fraction=self.fraction, key=key
-        )
 
     def poison_data(
         self, client: int, x: torch.Tensor, y: torch.Tensor, key: Key
@@ -91,7 +95,7 @@ class ModelPoisoning:
 
 
 @attrs.frozen
-class DataPoisoning:
+class DataPoisoning(_ControlsClients):
     """The controlled clients train on ``poison(x, y, key)`` (e.g. :class:`LabelFlip`,
     :class:`Backdoor`) and send their updates unchanged. ``poison_data`` poisons whatever it is
     given: the engine calls it for controlled clients only; the key is folded with the
@@ -100,11 +104,6 @@ class DataPoisoning:
     poison: Any
     num_byzantine: int | None = attrs.field(default=None, validator=_check_count)
     fraction: float | None = attrs.field(default=None, validator=_check_fraction)
-
-    def controlled(self, num_clients: int, key: Key) -> torch.Tensor:
-        return choose_controlled(
-            num_clients, num_byzantine=self.num_byzantine, fraction=self.fraction, key=key
-        )
 
     def poison_data(
         self, client: int, x: torch.Tensor, y: torch.Tensor, key: Key
@@ -116,7 +115,7 @@ class DataPoisoning:
 
 
 @attrs.frozen
-class CombinedPoisoning:
+class CombinedPoisoning(_ControlsClients):
     """Data and model poisoning by the same clients: they train on ``poison(x, y)`` and then
     send ``attack``'s rows, e.g. ``Backdoor`` + ``Scaling(factor=n/η)`` with
     ``knowledge="partial"`` for model replacement (Bagdasaryan et al. 2020)."""
@@ -126,11 +125,6 @@ class CombinedPoisoning:
     num_byzantine: int | None = attrs.field(default=None, validator=_check_count)
     fraction: float | None = attrs.field(default=None, validator=_check_fraction)
     knowledge: str = attrs.field(default="partial", validator=_knowledge)
-
-    def controlled(self, num_clients: int, key: Key) -> torch.Tensor:
-        return choose_controlled(
-            num_clients, num_byzantine=self.num_byzantine, fraction=self.fraction, key=key
-        )
 
     def poison_data(
         self, client: int, x: torch.Tensor, y: torch.Tensor, key: Key
