@@ -59,16 +59,18 @@ def geometric_median(
     keeps a step finite when ``v`` sits on a row); stop when the objective changes by at
     most ``tol`` relative to its value, or after ``max_iter`` steps.
 
-    All steps are batched over the rows: distances come from one float64 Gram matrix of the
-    active rows (centred on a typical row, so huge outliers do not cost the others their
-    precision) and the iterate is kept as averaging coefficients, so the rows are read twice
-    in all (Gram, final average), whatever the number of steps. The stopping rule is
+    All steps are batched over the rows: distances come from one Gram matrix of the
+    active rows, centred on a typical row so huge outliers do not cost the others their
+    precision (products in the rows' dtype, summed in float64 across coordinate chunks; for
+    float32 rows the error stays at the level of the rows' own rounding), and the iterate
+    is kept as averaging coefficients, so the rows are read twice in all (Gram, final
+    average), whatever the number of steps. The stopping rule is
     relative to the objective, which far outliers inflate: with outliers ``M`` times farther
     than the honest spread, pass ``tol`` well below ``1/M`` to converge among the honest rows.
     A row of weight 0 is absent. ``key`` is unused.
 
-    Peak extra memory: one coordinate chunk in float64 plus its centred copy (about 4x a
-    float32 chunk of ``CHUNK_ELEMENTS`` values) and ``[n, n]`` matrices.
+    Peak extra memory: one coordinate chunk plus its centred copy (about 2x a
+    chunk of ``CHUNK_ELEMENTS`` values) and ``[n, n]`` matrices.
 
     Pillutla, Kakade, Harchaoui 2022, Robust Aggregation for Federated Learning (IEEE
     Transactions on Signal Processing).
@@ -85,7 +87,7 @@ def geometric_median(
     alpha = w.index_select(0, index).to(torch.float64)
     alpha = alpha / alpha.sum()
     rows = None if index.numel() == n else index
-    g = gram(updates, rows, center="row", dtype=torch.float64)
+    g = gram(updates, rows, center="row")
     c = weiszfeld_coefficients(g, alpha, max_iter=max_iter, tol=tol, eps=eps)
     coeffs = torch.zeros(n, dtype=torch.float64, device=updates.device)
     coeffs[index] = c
