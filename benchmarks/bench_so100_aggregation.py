@@ -4,7 +4,8 @@ A federated SmolVLA round sends ~100 M trainable parameters per client. This ben
 aggregates 10 such float32 updates (4 GB of input) with ``mean``, ``trimmed_mean``,
 ``krum`` and ``geometric_median`` and reports, for each, the wall time, the extra memory
 the kernel needed on top of its input (peak resident set size during the call minus the
-size before it, sampled every 2 ms) and the process's peak RSS. The issue's target: the
+size before it, sampled every 2 ms; "working" is that minus the ``[d]`` result) and the
+process's peak RSS. The issue's target: the
 whole round fits in 24 GiB.
 
 Each aggregator runs in its own child process (so one kernel's freed memory cannot hide
@@ -37,7 +38,19 @@ AGGREGATORS = {
     "trimmed_mean": ("fedkit.aggregators.trimmed_mean", "trimmed_mean", {"f": 2}),
     "krum": ("fedkit.aggregators.krum", "krum", {"f": 2}),
     "geometric_median": ("fedkit.aggregators.geometric_median", "geometric_median", {}),
+    # the rest of the coordinate-wise and distance-based reducers (issue 2's memory bound:
+    # extra memory under 10 % of the input at n = 10, d = 1e8); run them with --all
+    "median": ("fedkit.aggregators.median", "median", {}),
+    "multi_krum": ("fedkit.aggregators.krum", "multi_krum", {"f": 2, "m": 5}),
+    "bulyan": ("fedkit.aggregators.bulyan", "bulyan", {"f": 1}),
+    "centered_clipping": (
+        "fedkit.aggregators.centered_clipping",
+        "centered_clipping",
+        {"tau": 1.0, "iters": 3},
+    ),
+    "meamed": ("fedkit.aggregators.meamed", "meamed", {"f": 2}),
 }
+DEFAULT = ("mean", "trimmed_mean", "krum", "geometric_median")
 
 
 def keyed_updates(n: int, d: int, key: fedkit.Key, chunk: int = 1 << 24) -> torch.Tensor:
@@ -102,6 +115,8 @@ def run_one(name: str, n: int, d: int, threads: int | None) -> dict:
         "input_gib": updates.numel() * updates.element_size() / GIB,
         "seconds": seconds,
         "extra_gib": (rss.peak - before) / GIB,
+        # working memory: the extra minus the [d] result itself (1/n of the input)
+        "working_gib": (rss.peak - before - out.numel() * out.element_size()) / GIB,
         "peak_rss_gib": rss.peak / GIB,
         "ru_maxrss_gib": _ru_maxrss_gib(),
         "threads": torch.get_num_threads(),
@@ -119,6 +134,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="clients")
     parser.add_argument("--d", type=int, default=100_000_000, help="parameters per client")
     parser.add_argument("--only", choices=sorted(AGGREGATORS), action="append")
+    parser.add_argument("--all", action="store_true", help="every reducer listed, not 4")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--child", choices=sorted(AGGREGATORS), help=argparse.SUPPRESS)
@@ -132,7 +148,7 @@ def main() -> None:
     if need * 1.5 > free:
         sys.exit(f"not enough free memory for a {need:.1f} GiB input (have {free:.1f} GiB)")
     rows = []
-    for name in args.only or list(AGGREGATORS):
+    for name in args.only or (list(AGGREGATORS) if args.all else DEFAULT):
         cmd = [sys.executable, __file__, "--child", name, "--n", str(args.n), "--d", str(args.d)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
@@ -143,6 +159,7 @@ def main() -> None:
         rows.append(row)
         print(
             f"{name:>17}: {row['seconds']:8.2f} s   extra {row['extra_gib']:6.2f} GiB   "
+            f"(working {100 * row['working_gib'] / row['input_gib']:4.1f} % of input)   "
             f"peak RSS {row['peak_rss_gib']:6.2f} GiB (ru_maxrss {row['ru_maxrss_gib']:.2f})"
         )
     worst = max(r["peak_rss_gib"] for r in rows)
