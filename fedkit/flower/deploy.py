@@ -9,10 +9,21 @@ and ``partition-id``; submits the app (``flwr run``) and follows the run with ``
 ``finished:*``. TLS + node authentication is the default; ``insecure=True`` (no TLS, hence
 no node auth) or ``auth=False`` must be asked for.
 
+Two costs dominate a deployment on a small machine and are avoided here: ``flwr run``
+walks every file under the app directory before filtering (the repository with its
+``.venv`` is ~60k files: a minute per submission), so the app is first staged into
+``run_dir/app`` (``pyproject.toml`` plus the ``fab-include`` files, :func:`stage_app`); and
+each ``flwr`` CLI call starts a Python that imports Flower and torch (seconds of CPU), so
+run status and SuperLink readiness are asked in-process through Flower's Control API
+client (:class:`ControlClient`) whenever this process can reach the SuperLink, and
+through the CLI, polled slowly, only when it cannot (a SuperLink inside a namespace).
+
 Every process runs in its own session (process group): SuperLink → superexec →
 serverapp, SuperNode → superexec → clientapp; :meth:`LocalDeployment.close` (also on
 ``with`` exit) sends SIGTERM to each group, then SIGKILL. Every Flower process gets
-:data:`FLOWER_ENV` (no telemetry, no update check, no run-time dependency installation).
+:data:`FLOWER_ENV` (no telemetry, no update check, no run-time dependency installation)
+and, unless the caller's environment says otherwise, :data:`OFFLINE_ENV` (the Hugging Face
+hub and datasets offline: nothing is downloaded at run time).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +58,7 @@ FLOWER_ENV = {
     "OMP_NUM_THREADS": "1",
     "PYTHONUNBUFFERED": "1",
 }
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 FEDERATION = "fedkit-local"
 MARKER = "FEDKIT_DEPLOYMENT"  # env var tagging every process of one deployment
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +112,99 @@ def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
         except ProcessLookupError:
             pass
         break
+
+
+def stage_app(src: Path, dest: Path) -> Path:
+    """Copy the Flower App in ``src`` (its ``pyproject.toml`` and the files its
+    ``[tool.flwr.app] fab-include`` patterns match, default ``**/*.py`` outside ``.venv``)
+    into ``dest``, so that ``flwr run dest`` walks only those files; returns ``dest``."""
+    src, dest = Path(src).resolve(), Path(dest)
+    config = tomllib.loads((src / "pyproject.toml").read_text())
+    patterns = config.get("tool", {}).get("flwr", {}).get("app", {}).get("fab-include")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy2(src / "pyproject.toml", dest / "pyproject.toml")
+    for pattern in patterns or ["**/*.py"]:
+        for path in src.glob(pattern.lstrip("/")):
+            rel = path.relative_to(src)
+            if path.is_file() and rel.parts[0] not in {".venv", ".git"}:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest / rel)
+    return dest
+
+
+class ControlClient:
+    """Flower's Control API client (what ``flwr ls`` uses), in this process: a status
+    query costs milliseconds instead of a Python start importing Flower and torch."""
+
+    def __init__(self, cli_home: Path, federation: str = FEDERATION):
+        from flwr.cli.flower_config import read_superlink_connection
+        from flwr.cli.utils import init_http_client_from_connection
+
+        saved = os.environ.get("FLWR_HOME")
+        os.environ["FLWR_HOME"] = str(cli_home)  # where the federation's config.toml is
+        try:
+            with contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):
+                connection = read_superlink_connection(federation)
+                self.client = init_http_client_from_connection(connection)
+                self.federation = connection.federation or ""
+        finally:
+            if saved is None:
+                os.environ.pop("FLWR_HOME", None)
+            else:
+                os.environ["FLWR_HOME"] = saved
+
+    def runs(self, run_id: int | None = None) -> dict[int, str]:
+        """``{run id: status}`` of every run (or of ``run_id``), status as ``flwr ls``
+        prints it (``running``, ``finished:completed``, ...)."""
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        request = ListRunsRequest() if run_id is None else ListRunsRequest(run_id=run_id)
+        out = {}
+        for rid, run in self.client.ListRuns(request).run_dict.items():
+            status, sub = run.status.status, run.status.sub_status
+            out[int(rid)] = f"{status}:{sub}" if sub else status
+        return out
+
+    def start_run(self, app: Path, run_config: Path | None = None) -> int:
+        """What ``flwr run APP --run-config RUN_CONFIG`` does: build the FAB of ``app``
+        and ask the SuperLink to start it; the run id."""
+        import hashlib
+
+        from flwr.cli.build import build_fab_from_disk
+        from flwr.cli.config_utils import load_and_validate
+        from flwr.common.config import get_metadata_from_config, parse_config_args
+        from flwr.common.serde import fab_to_proto, user_config_to_proto
+        from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.supercore.fab import Fab
+
+        config, _ = load_and_validate(Path(app) / "pyproject.toml", check_module=False)
+        fab_bytes = build_fab_from_disk(Path(app))
+        get_metadata_from_config(config)  # validates [project] name and version
+        fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+        overrides = parse_config_args(None if run_config is None else [str(run_config)])
+        request = StartRunRequest(
+            fab=fab_to_proto(fab),
+            override_config=user_config_to_proto(overrides),
+            federation=self.federation,
+        )
+        response = self.client.StartRun(request)
+        if not response.HasField("run_id"):
+            raise DeployError("the SuperLink did not start the run")
+        return int(response.run_id)
+
+    def register_node(self, public_key: Path) -> int:
+        """What ``flwr supernode register KEY`` does; the new node id."""
+        from flwr.cli.supernode.register import try_load_public_key
+        from flwr.proto.control_pb2 import RegisterNodeRequest
+
+        request = RegisterNodeRequest(public_key=try_load_public_key(Path(public_key)))
+        return int(self.client.RegisterNode(request=request).node_id)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
 
 
 def tagged_pids(token: str, home: Path | None = None) -> list[int]:
@@ -160,6 +266,8 @@ class LocalDeployment:
     node_list: list[Node] = attrs.field(factory=list)
     logs: list[Any] = attrs.field(factory=list)
     token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    control: ControlClient | None = None
+    staged_app: Path | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.nodes < 1:
@@ -172,7 +280,8 @@ class LocalDeployment:
     def env(self, home: Path, **extra: str) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": path, **extra}
+        env = {**OFFLINE_ENV, **os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": path}
+        env.update(extra)
         return {**env, MARKER: self.token}
 
     @property
@@ -248,6 +357,7 @@ class LocalDeployment:
         (self.cli_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{FEDERATION}"\n\n' + "\n".join(conn) + "\n"
         )
+        self.staged_app = stage_app(self.app_dir, self.run_dir / "app")
 
     def superlink_cmd(self) -> list[str]:
         cmd = [
@@ -276,7 +386,14 @@ class LocalDeployment:
         self.wait_superlink(timeout)
         return time.monotonic() - t0
 
+    @property
+    def reachable(self) -> bool:
+        """Whether this process can dial the SuperLink (not inside another namespace)."""
+        return not self.server_wrap
+
     def wait_superlink(self, timeout: float) -> None:
+        """Until the SuperLink answers a Control API call: its port first (cheap), then
+        ``ListRuns`` (in-process where reachable, else ``flwr ls``)."""
         end = time.monotonic() + timeout
         while True:
             if self.superlink.poll() is not None:
@@ -285,20 +402,41 @@ class LocalDeployment:
                     f"see {self.run_dir / 'superlink.log'}"
                 )
             try:
+                if self.reachable:
+                    host, port = self.address.rsplit(":", 1)
+                    with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                        pass
+                    self.controller().runs()
+                    return
                 out = self.flwr("ls", FEDERATION, "--format", "json", timeout=30)
                 if json.loads(out).get("success", False):
                     return
                 raise DeployError(out)
-            except (DeployError, subprocess.TimeoutExpired, ValueError):
+            except Exception:
+                self.drop_controller()
                 if time.monotonic() > end:
                     raise DeployError(
                         f"SuperLink not answering after {timeout} s; see superlink.log"
                     ) from None
-                time.sleep(0.2)
+                time.sleep(0.1 if self.reachable else 1.0)
+
+    def controller(self) -> ControlClient:
+        """The in-process Control API client (made on first use)."""
+        if self.control is None:
+            self.control = ControlClient(self.cli_home)
+        return self.control
+
+    def drop_controller(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
 
     def register(self, public_key: Path) -> None:
         """Register one node key with the SuperLink (``flwr supernode register``)."""
-        self.flwr("supernode", "register", str(public_key), FEDERATION)
+        if self.reachable:
+            self.controller().register_node(public_key)
+        else:
+            self.flwr("supernode", "register", str(public_key), FEDERATION)
 
     def node_cmd(self, node: Node, key: Path | None = None) -> list[str]:
         config = " ".join(f"{k}={toml_value(v)}" for k, v in node.node_config.items())
@@ -341,13 +479,26 @@ class LocalDeployment:
 
     # ---- runs --------------------------------------------------------------------------
     def submit(self, run_config: Mapping[str, Any] | None = None) -> int:
-        """``flwr run`` the app with ``run_config`` overrides; the run id."""
-        args = ["run", str(self.app_dir), FEDERATION, "--format", "json"]
+        """Start the app with ``run_config`` overrides (``flwr run``: in-process through
+        the Control API where reachable, else the CLI); the run id."""
+        app = self.staged_app or stage_app(self.app_dir, self.run_dir / "app")
+        self.staged_app = app
+        path = None
         if run_config:
             path = self.run_dir / f"run-config-{time.monotonic_ns()}.toml"
             path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
+        if self.reachable:
+            try:
+                return self.controller().start_run(app, path)
+            except DeployError:
+                raise
+            except Exception as exc:
+                self.drop_controller()
+                raise DeployError(f"starting the run failed: {exc}") from exc
+        args = ["run", str(app), FEDERATION, "--format", "json"]
+        if path is not None:
             args += ["--run-config", str(path)]
-        out = self.flwr(*args, timeout=120)
+        out = self.flwr(*args, timeout=300)
         try:
             return int(json.loads(out)["run-id"])
         except (ValueError, KeyError, TypeError):
@@ -355,12 +506,20 @@ class LocalDeployment:
 
     def status(self, run_id: int) -> str:
         """The run's status text (``running``, ``finished:completed``, ...)."""
+        if self.reachable:
+            try:
+                return self.controller().runs(run_id).get(run_id, "unknown")
+            except Exception as exc:
+                self.drop_controller()
+                raise DeployError(f"status of run {run_id}: {exc}") from None
         out = self.flwr("ls", FEDERATION, "--run-id", str(run_id), "--format", "json")
         runs = json.loads(out).get("runs", [])
         return str(runs[0]["status"]) if runs else "unknown"
 
-    def wait(self, run_id: int, timeout: float = 600.0, poll: float = 0.5) -> str:
-        """Poll until the run is ``finished:*``; its final status."""
+    def wait(self, run_id: int, timeout: float = 600.0, poll: float | None = None) -> str:
+        """Poll until the run is ``finished:*``; its final status. Default poll: 0.5 s
+        in-process, 3 s through the CLI (each call a Python start)."""
+        poll = poll if poll is not None else (0.5 if self.reachable else 3.0)
         end = time.monotonic() + timeout
         while True:
             try:
@@ -385,6 +544,7 @@ class LocalDeployment:
 
     def kill_superlink(self) -> None:
         """``kill -9`` the SuperLink with its superexec and ServerApp."""
+        self.drop_controller()
         self._kill(self.superlink, self.run_dir / "superlink")
 
     def kill_node(self, i: int) -> None:
@@ -394,6 +554,7 @@ class LocalDeployment:
 
     def close(self) -> None:
         """Stop every process group this deployment started (nodes first)."""
+        self.drop_controller()
         for node in self.node_list:
             if node.proc is not None:
                 stop_group(node.proc)
@@ -415,13 +576,15 @@ class LocalDeployment:
 
 def follow(checkpoint_dir: Path, run_done: Any, every: float = 1.0) -> None:
     """Print each newly checkpointed round until ``run_done()`` is true."""
-    seen = 0
-    while not run_done():
+    seen, done = 0, False
+    while not done:
+        done = run_done()
         rounds = ckpt.rounds_on_disk(checkpoint_dir)
         if rounds and rounds[0] > seen:
             seen = rounds[0]
             print(f"round {seen} checkpointed", flush=True)
-        time.sleep(every)
+        if not done:
+            time.sleep(every)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -478,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.setdefault("min-nodes", args.nodes)
     config.setdefault("checkpoint-dir", str(run_dir / "checkpoints"))
     config.setdefault("log-dir", str(run_dir / "logs"))
+    if config.get("task-dir"):  # the apps do not run in this directory
+        config["task-dir"] = str(Path(config["task-dir"]).resolve())
     deployment = LocalDeployment(
         run_dir, nodes=args.nodes, insecure=args.insecure, auth=not args.no_auth
     )
@@ -494,7 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status[0].startswith("finished")
 
         end = time.monotonic() + args.timeout
-        follow(Path(config["checkpoint-dir"]), lambda: done() or time.monotonic() > end, every=1.0)
+        # every status poll is a `flwr` CLI process (about 1 s of CPU): poll every 5 s
+        follow(Path(config["checkpoint-dir"]), lambda: done() or time.monotonic() > end, every=5.0)
         final = status[0] if status else "unknown"
         print(f"run {run_id}: {final}; record in {config['log-dir']}/record.json", flush=True)
     return 0 if final == "finished:completed" else 1

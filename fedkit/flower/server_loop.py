@@ -156,21 +156,6 @@ def to_reply(message: Message, client: int, spec: ParamSpec, max_bytes: int) -> 
     )
 
 
-def restore(
-    state0: ServerState, checkpoint_dir: Path | None, run_key: Key, spec: ParamSpec
-) -> tuple[ServerState, list[dict], list[dict]]:
-    """The newest usable checkpoint's state, metrics and events (``state0`` without one).
-    Same rules as the simulation's resume: the run key and the ParamSpec must match."""
-    found = None if checkpoint_dir is None else ckpt.load_latest(checkpoint_dir)
-    if found is None:
-        return state0, [], []
-    if found.tree["key"] != run_key:
-        raise ckpt.CheckpointError(f"{found.path} was written by a run with another key")
-    if ParamSpec.from_dict(found.meta["spec"]) != spec:
-        raise ckpt.CheckpointError(f"{found.path} holds parameters of another model")
-    return found.tree["state"], list(found.meta["history"]), list(found.meta.get("events", []))
-
-
 def _weighted_loss(replies: list[Reply], accepted: tuple[int, ...]) -> float | None:
     keep = [r for r in replies if r.client in set(accepted) and "loss" in r.metrics]
     total = sum(r.num_examples for r in keep)
@@ -299,7 +284,8 @@ class ServerLoop:
         """All remaining rounds; returns the :class:`History` (as :func:`fedkit.simulate`)."""
         cfg = self.config
         state0 = self.strategy.init(self.task.init(self.k_init))
-        state, metrics, events = restore(state0, cfg.checkpoint_dir, self.run_key, self.spec)
+        found = ckpt.restore(state0, cfg.checkpoint_dir, self.run_key, self.spec)
+        state, metrics, events = found.state, found.history, found.events
         resumed_from = state.round if state is not state0 else None
         if resumed_from is not None:
             events.append({"event": "resume", "restored_round": resumed_from, "at": time.time()})

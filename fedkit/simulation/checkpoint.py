@@ -6,6 +6,12 @@ atomic), the blob first and the JSON last, so a checkpoint exists only once it i
 The JSON holds the SHA-256 of the blob and of its own body: a truncated, partial or
 bit-flipped checkpoint is detected on load, reported with a warning naming the file and
 the reason, and the next older checkpoint is used instead.
+
+A directory holds the checkpoints of one run: saving round ``r`` removes any checkpoint of
+a later round (another run's leftovers, or rounds a restart abandoned), :func:`restore`
+(used by :func:`fedkit.simulate` and the Flower ServerApp) never goes past the round asked
+for and refuses checkpoints of another run key or model, and :func:`require_fresh` lets a
+run that does not resume refuse a directory that already holds checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from fedkit.core.flat import ParamSpec
 from fedkit.core.tree import from_bytes, to_bytes
 
 FORMAT = "fedkit.checkpoint/1"
@@ -73,7 +80,8 @@ def rounds_on_disk(directory: str | Path) -> list[int]:
 def save(
     directory: str | Path, round: int, tree: Any, meta: dict, *, keep: int | None = None
 ) -> Path:
-    """Write the checkpoint of ``round`` atomically; keep only the newest ``keep``."""
+    """Write the checkpoint of ``round`` atomically; remove those of later rounds (they
+    belong to another run or to rounds a restart abandoned); keep only the newest ``keep``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     skeleton, blob = to_bytes(tree)
@@ -89,10 +97,11 @@ def save(
     _write_atomic(blob_path, blob)
     doc = {"body_sha256": _sha256(_canonical(body)), "body": body}
     _write_atomic(json_path, json.dumps(doc, sort_keys=True, indent=1).encode())
-    if keep is not None:
-        for old in rounds_on_disk(directory)[keep:]:
-            for p in paths(directory, old):
-                p.unlink(missing_ok=True)
+    stale = [r for r in rounds_on_disk(directory) if r > round]
+    kept = [r for r in rounds_on_disk(directory) if r <= round]
+    for old in stale + ([] if keep is None else kept[keep:]):
+        for p in paths(directory, old):
+            p.unlink(missing_ok=True)
     return json_path
 
 
@@ -125,12 +134,14 @@ def load(directory: str | Path, round: int) -> Checkpoint:
     return Checkpoint(round=round, tree=tree, meta=body["meta"], path=json_path)
 
 
-def load_latest(directory: str | Path) -> Checkpoint | None:
-    """The newest checkpoint in ``directory`` that loads and verifies; each unusable newer one
-    gives a warning. ``None`` if there is none at all; :class:`CheckpointError` if there are
-    checkpoint files but none is usable."""
+def load_latest(directory: str | Path, upto: int | None = None) -> Checkpoint | None:
+    """The newest checkpoint in ``directory`` (of a round ``<= upto`` when given) that loads
+    and verifies; each unusable newer one gives a warning. ``None`` if there is none at all;
+    :class:`CheckpointError` if there are checkpoint files but none is usable."""
     problems = []
     for round in rounds_on_disk(directory):
+        if upto is not None and round > upto:
+            continue
         try:
             found = load(directory, round)
         except CheckpointError as exc:
@@ -146,3 +157,54 @@ def load_latest(directory: str | Path) -> Checkpoint | None:
     if problems:
         raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))
     return None
+
+
+def require_fresh(directory: str | Path) -> None:
+    """Raise :class:`CheckpointError` if ``directory`` already holds checkpoints: a run that
+    does not resume must not mix its checkpoints with another run's."""
+    found = rounds_on_disk(directory)
+    if found:
+        raise CheckpointError(
+            f"{directory} already holds checkpoints (rounds {sorted(found)}) of an earlier run: "
+            "resume from them or use an empty checkpoint directory"
+        )
+
+
+@attrs.frozen(eq=False)
+class Restored:
+    """What a run continues from: its server ``state``, the metrics ``history`` and
+    ``events`` so far, and the whole saved ``tree`` (extra entries such as a privacy ledger;
+    ``{}`` when starting fresh)."""
+
+    state: Any
+    history: list[dict]
+    events: list[dict]
+    tree: dict
+
+
+def restore(
+    state0: Any,
+    directory: str | Path | None,
+    run_key: Any,
+    spec: ParamSpec,
+    *,
+    upto: int | None = None,
+) -> Restored:
+    """The newest usable checkpoint in ``directory`` of a round ``<= upto`` (any round when
+    ``None``), or ``state0`` with empty history when there is none (or no directory). The
+    checkpoint's tree must hold ``state`` and ``key == run_key`` and its meta a ``spec``
+    equal to ``spec``, else :class:`CheckpointError` (it belongs to another run or model)."""
+    found = None if directory is None else load_latest(directory, upto=upto)
+    if found is None:
+        return Restored(state0, [], [], {})
+    if found.tree["key"] != run_key:
+        raise CheckpointError(
+            f"{found.path} was written by a run with key {found.tree['key'].to_hex()}, "
+            f"not {run_key.to_hex()}"
+        )
+    if ParamSpec.from_dict(found.meta["spec"]) != spec:
+        raise CheckpointError(f"{found.path} holds parameters of another model (ParamSpec differs)")
+    meta = found.meta
+    return Restored(
+        found.tree["state"], list(meta["history"]), list(meta.get("events", [])), found.tree
+    )
