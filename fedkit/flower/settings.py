@@ -2,14 +2,15 @@
 and the task and strategy it names. Server and clients read the same run config, so they
 build the same task (same seed, same partitions) and the same strategy.
 
-Keys (all optional; defaults below): ``task`` (``"digits"``, ``"synthetic"`` or
-``"module:attr"`` naming a task or a factory taking ``(settings)``), ``task-clients``,
-``task-model``, ``task-hidden``, ``seed``, ``rounds``, ``strategy`` (``""``: built from
-``lr``, ``local-epochs``, ``batch-size``, ``clients-per-round`` (0 = all), ``quorum``; else
-``"module:attr"`` naming a :class:`~fedkit.strategy.Strategy` or a factory taking
-``(settings)``), ``round-deadline`` and ``sample-timeout`` (seconds), ``min-nodes`` (0 = the
-quorum), ``poll-interval`` (s), ``eval-every``, ``checkpoint-dir``, ``keep-checkpoints``,
-``log-dir`` (``""`` = none).
+Keys (all optional; defaults below): ``task`` (``"digits"``, ``"synthetic"``, ``"so100"``
+or ``"module:attr"`` naming a task or a factory taking ``(settings)``), ``task-clients``,
+``task-model``, ``task-hidden``, ``task-dir`` (a data directory; ``so100``: its offline
+fixture, see :mod:`fedkit.tasks.so100.run_config`), ``seed``, ``rounds``, ``strategy``
+(``""``: built from ``lr``, ``local-epochs``, ``batch-size``, ``clients-per-round``
+(0 = all), ``quorum``; else ``"module:attr"`` naming a :class:`~fedkit.strategy.Strategy`
+or a factory taking ``(settings)``), ``round-deadline`` and ``sample-timeout`` (seconds),
+``min-nodes`` (0 = the quorum), ``poll-interval`` (s), ``eval-every``, ``checkpoint-dir``,
+``keep-checkpoints``, ``log-dir`` (``""`` = none).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "task-clients": 3,
     "task-model": "mlp",
     "task-hidden": 32,
+    "task-dir": "",
     "seed": 0,
     "rounds": 2,
     "strategy": "",
@@ -100,10 +102,14 @@ def build_task(settings: Settings) -> Any:
         )
     if name == "synthetic":
         return tasks.synthetic(num_users=int(settings["task-clients"]), key=settings.seed)
+    if name == "so100":
+        from fedkit.tasks.so100.run_config import so100_from_settings
+
+        return so100_from_settings(settings)
     if ":" in name:
         found = resolve(name)
         return found(settings) if callable(found) else found
-    raise ValueError(f"unknown task {name!r}: use 'digits', 'synthetic' or 'module:attr'")
+    raise ValueError(f"unknown task {name!r}: use 'digits', 'synthetic', 'so100' or 'module:attr'")
 
 
 def build_strategy(settings: Settings) -> Strategy:

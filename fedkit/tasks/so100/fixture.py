@@ -315,3 +315,57 @@ def make_so100_dataset(
         dataset.save_episode()
     dataset.finalize()
     return root
+
+
+# The offline fixture a Flower deployment shares (``task = "so100"``, ``task-dir = DIR``):
+# DIR/vlm is the tiny SmolVLM, DIR/data a dataset of 12 episodes of 15 frames drawn from
+# key 0 (three tasks, four episodes each).
+FIXTURE_REPO_ID = "fedkit/so100_fixture"
+FIXTURE_EPISODES = 12
+FIXTURE_FRAMES = 15
+FIXTURE_IMAGE_SIZE = (24, 32)
+
+
+def make_offline_fixture(directory: str | Path) -> tuple[Path, Path]:
+    """Write the offline fixture to ``directory``: ``(directory/"vlm", directory/"data")``,
+    the tiny SmolVLM and a generated SO-100 dataset (:data:`FIXTURE_EPISODES` episodes of
+    :data:`FIXTURE_FRAMES` frames, key 0). A part that already exists is kept, so a second
+    call is cheap. Build it once, before the processes that read it start."""
+    from fedkit.core.keys import key as make_key
+
+    base = Path(directory)
+    vlm, data = base / "vlm", base / "data"
+    if not (vlm / "config.json").exists():
+        make_tiny_smolvlm(vlm)
+    if not (data / "meta" / "info.json").exists():
+        make_so100_dataset(
+            data,
+            key=make_key(0),
+            episodes=FIXTURE_EPISODES,
+            frames_per_episode=FIXTURE_FRAMES,
+            image_size=FIXTURE_IMAGE_SIZE,
+            repo_id=FIXTURE_REPO_ID,
+        )
+    return vlm, data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedkit.tasks.so100.fixture DIR``: write the offline fixture to DIR."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fedkit.tasks.so100.fixture",
+        description="Write the offline SO-100 fixture (tiny SmolVLM + generated dataset).",
+    )
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    vlm, data = make_offline_fixture(args.directory)
+    print(f"tiny SmolVLM: {vlm.resolve()}\ndataset:      {data.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -123,8 +123,8 @@ class So100Task:
         self._buffers = tuple((b, b.detach().clone()) for b in self._policy.buffers())
         self._initial = self._flat_trainable()
         self.preprocessor, self.postprocessor = self._processors()
-        self._client_data = tuple(self._frames(eps) for eps in clients)
-        self._holdout_data = self._frames(held)
+        # Frames are loaded on first use (a Flower ClientApp process reads one client's only).
+        self._data: dict[int, torch.utils.data.Dataset] = {}  # owner (-1: held out) -> frames
         self._cache: dict[tuple[int, int], dict] = {}
 
     # ----------------------------------------------------------------- engine interface
@@ -134,11 +134,11 @@ class So100Task:
 
     def client_size(self, client: int) -> int:
         """Number of frames (training examples) of ``client``."""
-        return len(self._client_data[self._check_client(client)])
+        return self._frame_count(self.client_episodes[self._check_client(client)])
 
     @property
     def holdout_size(self) -> int:
-        return len(self._holdout_data)
+        return self._frame_count(self.holdout_episodes)
 
     def init(self, key: Key) -> torch.Tensor:
         """Flat trainable parameters of a freshly built policy whose random weights are
@@ -226,7 +226,7 @@ class So100Task:
         policy.train()
         anchor = tuple(unflatten(flat.to(self.config.device), self.spec).values())
         optimizer, clip = self._optimizer(lr)
-        data = self._client_data[client]
+        data = self._dataset(client)
         order = batch_order(len(data), steps, self.config.batch_size, k_order)
         losses = []
         with torch.enable_grad():  # engines may call this under no_grad
@@ -261,7 +261,7 @@ class So100Task:
         self.spec.check(flat, what="parameters")
         policy = self._load(flat)
         policy.eval()
-        data = self._holdout_data
+        data = self._dataset(-1)
         frames = eval_frames(len(data), self.config.max_eval_frames)
         total, count = 0.0, 0
         with torch.no_grad():
@@ -356,6 +356,16 @@ class So100Task:
                 }
             },
         )
+
+    def _frame_count(self, ids: Sequence[int]) -> int:
+        return sum(self.episodes[i].length for i in ids)
+
+    def _dataset(self, owner: int) -> torch.utils.data.Dataset:
+        """The frames of client ``owner`` (``-1``: the held-out episodes), loaded once."""
+        if owner not in self._data:
+            ids = self.holdout_episodes if owner == -1 else self.client_episodes[owner]
+            self._data[owner] = self._frames(ids)
+        return self._data[owner]
 
     def _frames(self, ids: Sequence[int]) -> torch.utils.data.Dataset:
         """The frames of episodes ``ids`` (with the policy's action chunks) as one dataset."""
