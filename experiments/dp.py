@@ -1,15 +1,22 @@
 """The privacy group: which DP mechanisms go around the server chain, their noise, and ε.
 
-``privacy.mechanism`` is ``none``, ``central`` or ``local``:
+``privacy.mechanism`` is ``none``, ``central``, ``local`` or ``dpsgd``:
 
 * ``central`` (user-level DP on the released model): one Poisson-subsampled Gaussian step per
   round with rate ``q = clients per round / clients``; ε from :mod:`privacy.accounting`;
 * ``local`` (each client noises its own update): per client, one Gaussian (or Laplace)
   release per round; Gaussian releases compose exactly as Gaussian DP (``T`` releases at
-  noise ``z`` are one at ``z / √T``), Laplace ones by basic composition (``T · 2 / z``).
+  noise ``z`` are one at ``z / √T``), Laplace ones by basic composition (``T · 2 / z``);
+* ``dpsgd`` (client DP-SGD, example level): ``privacy.dp_sgd`` (a ``privacy.dpsgd.DPSGD``)
+  goes into ``ClientConfig.dp_sgd``; per client, every local step is a subsampled Gaussian
+  step at rate ``batch_size / local examples``. :meth:`Privacy.epsilon` is the worst case (a
+  client that trains every round); the run's ledger (``record["privacy_budget"]``) is exact.
 
-With ``target_epsilon`` set, the noise multiplier is calibrated so that ``rounds`` rounds
-spend at most that ε. Rounds replayed after a server crash release noise again and count.
+``target_epsilon`` with ``calibrate: true`` calibrates the noise multiplier so that
+``rounds`` rounds spend at most that ε; with ``calibrate: false`` the noise multiplier stays
+and the run stops before the round that would exceed the target (``central`` and ``dpsgd``:
+their accountant, :mod:`privacy.budget`, rides on ``Strategy.accountant``). Rounds replayed
+after a server crash release noise again and count.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import attrs
 from omegaconf import DictConfig, OmegaConf
 
-MECHANISMS = ("none", "central", "local")
+MECHANISMS = ("none", "central", "local", "dpsgd")
 
 
 @attrs.frozen
@@ -35,9 +42,34 @@ class Privacy:
     noise_multiplier: float | None = None
     clip_norm: float | None = None
     delta: float | None = None
-    accountant: str = "rdp"
+    accountant_kind: str = "rdp"
     sample_rate: float | None = None
     kind: str = "gaussian"
+    target_epsilon: float | None = None
+    dp_sgd: dict | None = None  # dpsgd: the DPSGD node for ClientConfig.dp_sgd
+    client_steps: tuple[tuple[float, int], ...] = ()  # dpsgd: distinct (rate, steps per round)
+
+    def accountant(self) -> Any:
+        """The run's privacy accountant (``privacy.budget``) for ``Strategy.accountant``, or
+        ``None`` (no DP, or local DP, whose ε is per release and needs no ledger)."""
+        if self.mechanism == "central":
+            from privacy.budget import CentralDPAccountant
+
+            return CentralDPAccountant(
+                noise_multiplier=self.noise_multiplier,
+                delta=self.delta,
+                target_epsilon=self.target_epsilon,
+                accountant=self.accountant_kind,
+            )
+        if self.mechanism == "dpsgd":
+            from privacy.budget import DPSGDAccountant
+
+            return DPSGDAccountant(
+                delta=self.delta,
+                target_epsilon=self.target_epsilon,
+                accountant=self.accountant_kind,
+            )
+        return None
 
     def epsilon(self, releases: int) -> float | None:
         """ε after ``releases`` rounds (``None`` without DP)."""
@@ -54,7 +86,11 @@ class Privacy:
                 sample_rate=self.sample_rate,
                 steps=releases,
                 delta=self.delta,
-                accountant=self.accountant,
+                accountant=self.accountant_kind,
+            )
+        if self.mechanism == "dpsgd":
+            return dpsgd_worst_epsilon(
+                z, self.client_steps, releases, self.delta, self.accountant_kind
             )
         return local_epsilon(z, releases, self.kind, self.delta)
 
@@ -71,7 +107,8 @@ class Privacy:
             "clip_norm": self.clip_norm,
             "sample_rate": self.sample_rate,
             "releases": releases,
-            "accountant": self.accountant if self.mechanism == "central" else self.kind,
+            "accountant": self.kind if self.mechanism == "local" else self.accountant_kind,
+            "target_epsilon": self.target_epsilon,
         }
 
 
@@ -106,10 +143,78 @@ def calibrate_local(target: float, releases: int, kind: str, delta: float) -> fl
     return hi
 
 
-def _noise_multiplier(p: DictConfig, rounds: int, rate: float) -> float:
+def dpsgd_worst_epsilon(
+    noise_multiplier: float,
+    client_steps: tuple[tuple[float, int], ...],
+    releases: int,
+    delta: float,
+    accountant: str = "rdp",
+) -> float:
+    """ε of client DP-SGD after ``releases`` rounds for the worst client, assuming it trains
+    in every round: the largest over ``(rate, steps per round)`` of ``rate``-subsampled
+    Gaussian steps, ``steps · releases`` of them."""
+    from privacy.accounting import epsilon
+
+    return max(
+        (
+            epsilon(
+                noise_multiplier=noise_multiplier,
+                sample_rate=q,
+                steps=s * releases,
+                delta=delta,
+                accountant=accountant,
+            )
+            for q, s in client_steps
+        ),
+        default=0.0,
+    )
+
+
+def dpsgd_client_steps(
+    client: Any, batch_size: int, sizes: list[int]
+) -> tuple[tuple[float, int], ...]:
+    """The distinct ``(Poisson rate, local steps per round)`` of clients with ``sizes``
+    examples under DP-SGD with expected batch ``batch_size`` and the ``client`` config."""
+    from fedkit.client import num_steps
+    from privacy.dpsgd import DPSGD
+
+    cfg = attrs.evolve(client, dp_sgd=DPSGD(1.0, 1.0, batch_size))
+    return tuple(
+        sorted({(min(1.0, batch_size / n), num_steps(n, cfg.work, cfg)) for n in sizes if n > 0})
+    )
+
+
+def _noise_multiplier(
+    p: DictConfig, rounds: int, rate: float, client_steps: tuple[tuple[float, int], ...] = ()
+) -> float:
     target = p.get("target_epsilon")
-    if target is None:
+    if target is None or not p.get("calibrate", True):
         return float(p.noise_multiplier)
+    if p.mechanism == "dpsgd":
+        from privacy.accounting import calibrate
+
+        acc, delta = str(p.get("accountant", "rdp")), float(p.delta)
+
+        def for_client(q: float, s: int) -> float:
+            return calibrate(
+                target_epsilon=float(target),
+                delta=delta,
+                sample_rate=q,
+                steps=s * rounds,
+                accountant=acc,
+            )
+
+        # the client spending most at the configured noise decides; check the others
+        worst = max(
+            client_steps,
+            key=lambda qs: dpsgd_worst_epsilon(
+                float(p.noise_multiplier), (qs,), rounds, delta, acc
+            ),
+        )
+        z = for_client(*worst)
+        if dpsgd_worst_epsilon(z, client_steps, rounds, delta, acc) > float(target):
+            z = max(for_client(q, s) for q, s in client_steps)
+        return z
     if p.mechanism == "central":
         from privacy.accounting import calibrate
 
@@ -129,8 +234,16 @@ def _fill_expected_clients(node: dict, per_round: int) -> dict:
     return node
 
 
-def resolve(cfg: DictConfig, *, per_round: int, total: int) -> Privacy:
-    """The privacy setting of ``cfg`` for ``per_round`` of ``total`` clients per round."""
+def resolve(
+    cfg: DictConfig,
+    *,
+    per_round: int,
+    total: int,
+    client: Any = None,
+    sizes: list[int] | None = None,
+) -> Privacy:
+    """The privacy setting of ``cfg`` for ``per_round`` of ``total`` clients per round;
+    ``dpsgd`` also needs the ``client`` config and the clients' example counts ``sizes``."""
     p = cfg.get("privacy")
     if p is None:
         return Privacy()
@@ -139,9 +252,14 @@ def resolve(cfg: DictConfig, *, per_round: int, total: int) -> Privacy:
         raise ValueError(f"privacy.mechanism must be one of {MECHANISMS}, got {mechanism!r}")
     cfg = copy.deepcopy(cfg)  # the calibrated noise goes into a copy, read by interpolation
     rate = per_round / total
+    steps = ()
+    if mechanism == "dpsgd":
+        if client is None or not sizes:
+            raise ValueError("privacy=dpsgd needs the client config and the clients' sizes")
+        steps = dpsgd_client_steps(client, int(p.batch_size), list(sizes))
     z = None
     if mechanism != "none":
-        z = _noise_multiplier(cfg.privacy, int(cfg.rounds), rate)
+        z = _noise_multiplier(cfg.privacy, int(cfg.rounds), rate, steps)
         cfg.privacy.noise_multiplier = z
     nodes = OmegaConf.to_container(cfg.privacy, resolve=True)
     return Privacy(
@@ -151,7 +269,12 @@ def resolve(cfg: DictConfig, *, per_round: int, total: int) -> Privacy:
         noise_multiplier=z,
         clip_norm=None if mechanism == "none" else float(nodes["clip_norm"]),
         delta=None if mechanism == "none" else float(nodes["delta"]),
-        accountant=str(nodes.get("accountant", "rdp")),
+        accountant_kind=str(nodes.get("accountant", "rdp")),
         sample_rate=rate if mechanism == "central" else 1.0 if mechanism == "local" else None,
         kind=str(nodes.get("kind", "gaussian")),
+        target_epsilon=None
+        if nodes.get("target_epsilon") is None
+        else float(nodes["target_epsilon"]),
+        dp_sgd=nodes.get("dp_sgd") if mechanism == "dpsgd" else None,
+        client_steps=steps,
     )

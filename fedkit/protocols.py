@@ -1,5 +1,6 @@
-"""Extension points the engines call: adversaries (attacks suite) and fault models (chaos
-suite). fedkit defines them with no-op defaults; the suites implement them.
+"""Extension points the engines call: adversaries (attacks suite), fault models (chaos
+suite), client DP-SGD settings and privacy accountants (privacy suite). fedkit defines them
+(with no-op defaults where that makes sense); the suites implement them.
 
 Both are pure: every decision is a function of (round, client, key) and of what the
 adversary may know, so a run is reproducible from its seed.
@@ -8,7 +9,7 @@ adversary may know, so a run is reproducible from its seed.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -109,3 +110,56 @@ class NoFaults:
 
     def plan(self, round: int, clients: torch.Tensor, key: Key) -> FaultPlan:
         return FaultPlan.clean(int(clients.numel()))
+
+
+@runtime_checkable
+class DPSGDSetting(Protocol):
+    """Client DP-SGD as the engines run it (``ClientConfig(dp_sgd=...)``; implemented by
+    ``privacy.dpsgd.DPSGD``): per-example gradients clipped to ``max_grad_norm``, Gaussian
+    noise of std ``noise_multiplier · max_grad_norm`` on their sum, Poisson-sampled local
+    batches of expected size ``batch_size``; ``sample_rate(n)`` is the Poisson rate of a
+    client with ``n`` examples. The math is :func:`fedkit.client.dp_local_step`."""
+
+    max_grad_norm: float
+    noise_multiplier: float
+    batch_size: int
+
+    def sample_rate(self, local_examples: int) -> float: ...
+
+
+@attrs.frozen(eq=False)
+class RoundSpend:
+    """What one round is about to release, known before anyone trains: the ids of the
+    clients that will train (int64 ``[k]``), their example counts and local steps (int64
+    ``[k]``), the population size, the clients sampled per round and the strategy's
+    client DP-SGD setting (``None`` without)."""
+
+    round: int
+    clients: torch.Tensor
+    local_examples: torch.Tensor
+    local_steps: torch.Tensor
+    num_clients: int
+    clients_per_round: int
+    dp_sgd: Any = None
+
+
+@runtime_checkable
+class PrivacyAccountant(Protocol):
+    """Tracks ε over a run (implemented in ``privacy.accounting``). Pure: the ledger is a
+    value the engine keeps (and checkpoints).
+
+    * ``init(num_clients)``: the empty ledger;
+    * ``spend(ledger, round)``: the ledger after the round described by a :class:`RoundSpend`;
+    * ``epsilon(ledger)``: ε spent at ``delta``;
+    * ``target_epsilon``: ``None`` or the budget; the engine stops *before* a round whose
+      ledger would have ``epsilon > target_epsilon``.
+    """
+
+    delta: float
+    target_epsilon: float | None
+
+    def init(self, num_clients: int) -> Any: ...
+
+    def spend(self, ledger: Any, round: RoundSpend) -> Any: ...
+
+    def epsilon(self, ledger: Any) -> float: ...

@@ -24,6 +24,7 @@ import torch
 from fedkit.client import ClientConfig
 from fedkit.core.components import Chain, Component, Info, chain
 from fedkit.core.keys import Key, choice, randint, split
+from fedkit.protocols import PrivacyAccountant
 from fedkit.replies import Reply, validate
 
 
@@ -112,7 +113,9 @@ class Strategy:
     (``clients_per_round`` or ``fraction`` of all clients, keyed; all clients when both are
     None), ``quorum`` (minimum accepted replies), ``deadline`` (seconds of simulated latency
     after which a reply counts as lost), ``stragglers`` and ``max_reply_bytes`` (payload
-    limit; default twice a valid update)."""
+    limit; default twice a valid update); ``accountant`` (a
+    :class:`fedkit.protocols.PrivacyAccountant`, e.g. from ``privacy.budget``) tracks ε per
+    round and stops a run before it exceeds its target."""
 
     client: ClientConfig = attrs.field(factory=ClientConfig)
     server: Chain = attrs.field(factory=lambda: _as_chain(_weighted_mean()), converter=_as_chain)
@@ -122,6 +125,7 @@ class Strategy:
     deadline: float | None = None
     stragglers: Stragglers | None = None
     max_reply_bytes: int | None = None
+    accountant: Any = None
 
     def __attrs_post_init__(self) -> None:
         if self.clients_per_round is not None and self.fraction is not None:
@@ -134,6 +138,11 @@ class Strategy:
             raise ValueError(f"quorum must be >= 1, got {self.quorum}")
         if self.deadline is not None and self.deadline <= 0:
             raise ValueError(f"deadline must be positive seconds, got {self.deadline}")
+        if self.accountant is not None and not isinstance(self.accountant, PrivacyAccountant):
+            raise TypeError(
+                f"Strategy.accountant {type(self.accountant).__name__} does not implement "
+                "fedkit.protocols.PrivacyAccountant"
+            )
 
     def init(self, params: torch.Tensor) -> ServerState:
         """Round 0: the initial flat parameters and the chain's initial state."""

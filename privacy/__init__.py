@@ -4,5 +4,7 @@
   fixed-denominator mean, central Gaussian noise (``dp_fedavg``), adaptive clipping, local DP;
 * :mod:`privacy.accounting` — ε of a history (Opacus's RDP and PRV accountants),
   ``calibrate``, and the pure budget ledgers an engine uses to stop at a target ε;
+* :mod:`privacy.budget` — the accountants ``fedkit.simulate`` consults each round (ε per round
+  in the record, a clean stop at ``target_epsilon``): ``CentralDPAccountant``, ``DPSGDAccountant``;
 * :mod:`privacy.dpsgd` — client DP-SGD (``DPSGD`` setting; ``torch.func`` and Opacus paths).
 """

@@ -7,7 +7,7 @@ Record format ``fedkit.run/1`` (read by the benchmark and paper pipelines)::
       "task":      {"name", "num_clients", "num_params", "meta"},
       "strategy":  nested config, every attrs value as {"_target_": "module.Class", fields...},
       "run":       {"rounds", "engine", "engine_used", "eval_every", "seed", "key",
-                    "adversary", "faults", "checkpoint_every", "resumed_from"},
+                    "adversary", "faults", "checkpoint_every", "resumed_from", "stopped"},
       "versions":  {"python", "torch", "fedkit", "flwr", "numpy"},
       "metrics":   [per-round dicts, see below],
       "final":     {"round", "test_loss", "test_accuracy", "train_loss"},
@@ -17,14 +17,19 @@ Record format ``fedkit.run/1`` (read by the benchmark and paper pipelines)::
                     "byzantine_sampled", "server_crashes", "rounds_lost", "recovery_s"},
       "attack":    {"controlled": [client ids]},
       "events":    [{"event": "server_crash", "round", "restored_round", "rounds_lost",
-                     "recovery_s"}, ...]
+                     "recovery_s"}, ...],
+      "privacy_budget": {"accountant", "delta", "target_epsilon", "epsilon", "rounds",
+                         "stopped"}            (only with a privacy accountant)
     }
+
+``run.stopped`` is ``null``, or ``{"reason": "privacy_budget", "after_round", "epsilon",
+"next_round_epsilon", "target_epsilon"}`` when the accountant stopped the run early.
 
 A per-round dict has ``round``, ``expected``, ``received``, ``valid``, ``accepted``,
 ``rejected``, ``lost``, ``faults``, ``clipped``, ``quorum_missed``, ``stragglers``,
 ``byzantine``, ``train_loss``, ``wall_time``, ``train_time``, ``aggregate_time`` and, on
 evaluation rounds, ``test_loss`` and ``test_accuracy`` (plus whatever a task's own
-``evaluate`` returns). Missing or non-finite numbers are ``null``.
+``evaluate`` returns); with a privacy accountant, ``epsilon`` (spent after the round). Missing or non-finite numbers are ``null``.
 """
 
 from __future__ import annotations
@@ -149,7 +154,7 @@ def write_json(path: str | Path, data: Any) -> Path:
 class TensorBoardLog:
     """Scalars of every round under ``log_dir``: ``train/loss``, ``test/accuracy``,
     ``test/loss``, ``replies/<counter>``, ``rejected/<reason>``, ``lost/<reason>``,
-    ``faults/<label>``, ``time/round_s``. ``purge_step`` drops events of rounds a resumed
+    ``faults/<label>``, ``time/round_s``, ``privacy/epsilon``. ``purge_step`` drops events of rounds a resumed
     run replays."""
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
@@ -164,6 +169,7 @@ class TensorBoardLog:
             "test/loss": metrics.get("test_loss"),
             "test/accuracy": metrics.get("test_accuracy"),
             "time/round_s": metrics.get("wall_time"),
+            "privacy/epsilon": metrics.get("epsilon"),
         }
         for k in ("expected", "received", "valid", "accepted", "stragglers", "byzantine"):
             scalars[f"replies/{k}"] = metrics.get(k)

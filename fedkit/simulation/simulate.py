@@ -17,21 +17,40 @@ update matrix; make replies; apply the fault plan (:mod:`fedkit.simulation.deliv
 run. A fault plan with ``server_crash`` makes the engine drop its in-memory state after the
 round and restore the newest checkpoint (or the initial state without one), as a restarted
 server would; a round's crash fires once, so the replayed rounds run as before.
+
+Privacy budget. With a :class:`~fedkit.protocols.PrivacyAccountant` (``accountant=`` or
+``strategy.accountant``) the engine describes each round before anyone trains (who trains,
+on how many examples, for how many local steps: a :class:`~fedkit.protocols.RoundSpend`),
+asks the accountant for ε after it, and either runs the round and records ``epsilon`` in its
+metrics, or — when that ε would exceed ``accountant.target_epsilon`` — stops: the last
+completed round is evaluated and checkpointed, and ``record["run"]["stopped"]`` says why.
+The ledger is checkpointed with the server state; replayed rounds after a server crash are
+charged again (conservative).
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+import attrs
 import torch
 
+from fedkit.client import num_steps
 from fedkit.core.flat import ParamSpec
 from fedkit.core.keys import Key, fold_in, split
 from fedkit.core.keys import key as root_key
-from fedkit.protocols import Adversary, FaultModel, NoAdversary, NoFaults
+from fedkit.protocols import (
+    Adversary,
+    FaultModel,
+    NoAdversary,
+    NoFaults,
+    PrivacyAccountant,
+    RoundSpend,
+)
 from fedkit.replies import Reply
 from fedkit.simulation import checkpoint as ckpt
 from fedkit.simulation.delivery import deliver
@@ -102,6 +121,22 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float | None:
     return float((values[keep] * w).sum() / w.sum())
 
 
+@attrs.frozen(eq=False)
+class _Plan:
+    """A round decided but not yet run: sampled clients, their work and jobs, and keys."""
+
+    round: int
+    clients: torch.Tensor
+    work: torch.Tensor
+    straggler: torch.Tensor
+    byzantine: torch.Tensor
+    jobs: list[ClientJob]
+    k_updates: Key
+    k_faults: Key
+    k_server: Key
+    t0: float
+
+
 class _Run:
     """The state of one simulate call that is not part of the server state."""
 
@@ -135,21 +170,44 @@ class _Run:
             out.append(ClientJob(client=c, work=units, key=fold_in(k_clients, c), x=x, y=y))
         return out
 
-    def round(self, state: ServerState) -> tuple[ServerState, dict[str, Any], bool]:
+    def prepare(self, state: ServerState) -> _Plan:
+        """Everything about the next round that is decided before training."""
         r = state.round + 1
         k_sample, k_work, k_clients, k_adv, k_faults, k_server = split(fold_in(self.k_rounds, r), 6)
         k_data, k_updates = split(k_adv)
-        k_corrupt = split(k_faults)[1]
         t0 = time.perf_counter()
         clients = self.strategy.sample(state, self.num_clients, k_sample)
         work, straggler = self.strategy.plan_work(clients, k_work)
         byz = torch.isin(clients, self.controlled)
-        local = self.engine.train(
-            self.task,
-            state.params,
-            self.jobs(clients, work, byz, k_clients, k_data),
-            self.strategy.client,
+        jobs = self.jobs(clients, work, byz, k_clients, k_data)
+        return _Plan(r, clients, work, straggler, byz, jobs, k_updates, k_faults, k_server, t0)
+
+    def spend(self, plan: _Plan) -> RoundSpend:
+        """What the planned round releases (for the privacy accountant)."""
+        cfg = self.strategy.client
+        train = [j for j in plan.jobs if j.work > 0]
+        sizes = [
+            j.num_examples if self.supervised else int(self.task.client_size(j.client))
+            for j in train
+        ]
+        return RoundSpend(
+            round=plan.round,
+            clients=torch.tensor([j.client for j in train], dtype=torch.int64),
+            local_examples=torch.tensor(sizes, dtype=torch.int64),
+            local_steps=torch.tensor(
+                [num_steps(n, j.work, cfg) for n, j in zip(sizes, train, strict=True)],
+                dtype=torch.int64,
+            ),
+            num_clients=self.num_clients,
+            clients_per_round=int(plan.clients.numel()),
+            dp_sgd=cfg.dp_sgd,
         )
+
+    def round(self, state: ServerState, plan: _Plan) -> tuple[ServerState, dict[str, Any], bool]:
+        r, clients, straggler, byz = plan.round, plan.clients, plan.straggler, plan.byzantine
+        k_updates, k_faults, k_server, t0 = plan.k_updates, plan.k_faults, plan.k_server, plan.t0
+        k_corrupt = split(k_faults)[1]
+        local = self.engine.train(self.task, state.params, plan.jobs, self.strategy.client)
         updates = local.updates
         if bool(byz.any()):
             weights = local.num_examples.to(updates.dtype)
@@ -206,23 +264,35 @@ class _Run:
 
 
 def _restore(
-    state0: ServerState, checkpoint_dir: Path | None, run_key: Key, spec: ParamSpec
-) -> tuple[ServerState, list[dict], list[dict]]:
-    if checkpoint_dir is None:
-        return state0, [], []
-    found = ckpt.load_latest(checkpoint_dir)
-    if found is None:
-        return state0, [], []
-    if found.tree["key"] != run_key:
-        raise ckpt.CheckpointError(
-            f"{found.path} was written by a run with key {found.tree['key'].to_hex()}, "
-            f"not {run_key.to_hex()}"
-        )
-    if ParamSpec.from_dict(found.meta["spec"]) != spec:
-        raise ckpt.CheckpointError(
-            f"{found.path} holds parameters of another model (ParamSpec differs)"
-        )
-    return found.tree["state"], list(found.meta["history"]), list(found.meta.get("events", []))
+    state0: ServerState,
+    checkpoint_dir: Path | None,
+    run_key: Key,
+    spec: ParamSpec,
+    upto: int | None = None,
+) -> tuple[ServerState, list[dict], list[dict], Any]:
+    """The newest checkpoint's (of a round ``<= upto`` when given) state, history, events
+    and privacy ledger (``None`` when it has none), or the initial state without a
+    checkpoint (:func:`checkpoint.restore`)."""
+    found = ckpt.restore(state0, checkpoint_dir, run_key, spec, upto=upto)
+    return found.state, found.history, found.events, found.tree.get("ledger")
+
+
+def _stop_for_budget(
+    task: Any, state: ServerState, metrics: list[dict], eps: float, next_eps: float, target: float
+) -> dict[str, Any]:
+    """Finish a run stopped by its privacy budget: the last completed round gets test
+    metrics if it has none; returns the ``stopped`` entry of the record."""
+    if metrics and metrics[-1].get("test_accuracy") is None:
+        metrics[-1] = {**metrics[-1], **jsonable(evaluate(task, state.params))}
+    return jsonable(
+        {
+            "reason": "privacy_budget",
+            "after_round": state.round,
+            "epsilon": eps,
+            "next_round_epsilon": next_eps,
+            "target_epsilon": float(target),
+        }
+    )
 
 
 def simulate(
@@ -242,6 +312,7 @@ def simulate(
     log_dir: str | Path | None = None,
     progress: bool | None = None,
     init_params: torch.Tensor | None = None,
+    accountant: PrivacyAccountant | None = None,
 ) -> History:
     """Run ``rounds`` rounds of ``strategy`` on ``task`` and return the :class:`History`.
 
@@ -250,9 +321,13 @@ def simulate(
     ``faults`` implement :mod:`fedkit.protocols` (no-ops by default). Test metrics every
     ``eval_every`` rounds and after the last one. Checkpoints every ``checkpoint_every``
     rounds into ``checkpoint_dir`` (newest ``keep_checkpoints`` kept); ``resume`` continues
-    from the newest good one and ends bit-identical to an uninterrupted run. ``log_dir``
+    from the newest good one and ends bit-identical to an uninterrupted run; without
+    ``resume`` the directory must hold no checkpoints (a run never picks up another run's
+    checkpoints: :func:`checkpoint.require_fresh`). ``log_dir``
     gets TensorBoard scalars and ``record.json``. ``progress``: a rich progress bar
     (default: when stderr is a terminal). ``init_params`` overrides ``task.init``.
+    ``accountant`` (default ``strategy.accountant``) tracks ε and stops the run before a
+    round that would exceed its ``target_epsilon`` (see the module docs).
     """
     if not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
@@ -272,18 +347,28 @@ def simulate(
         raise TypeError(
             f"faults {type(faults).__name__} does not implement fedkit.protocols.FaultModel"
         )
+    accountant = strategy.accountant if accountant is None else accountant
+    if accountant is not None and not isinstance(accountant, PrivacyAccountant):
+        raise TypeError(
+            f"accountant {type(accountant).__name__} does not implement "
+            "fedkit.protocols.PrivacyAccountant"
+        )
     run_key, seed = _as_key(key)
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if checkpoint_dir is not None and not resume:
+        ckpt.require_fresh(checkpoint_dir)  # never mix this run's checkpoints with another's
     chosen = pick_engine(task, strategy, engine)
     run = _Run(task, strategy, chosen, adversary, faults, run_key, rounds, eval_every)
     spec: ParamSpec = task.spec
     params0 = task.init(run.k_init) if init_params is None else init_params
     spec.check(params0, what="initial parameters")
     state0 = strategy.init(params0)
-    state, metrics, events = state0, [], []
+    ledger0 = None if accountant is None else accountant.init(run.num_clients)
+    state, metrics, events, ledger = state0, [], [], ledger0
     resumed_from = None
     if resume:
-        state, metrics, events = _restore(state0, checkpoint_dir, run_key, spec)
+        state, metrics, events, saved = _restore(state0, checkpoint_dir, run_key, spec)
+        ledger = ledger0 if saved is None else saved
         resumed_from = state.round if state is not state0 else None
         if state.round > rounds:
             warnings.warn(
@@ -302,17 +387,36 @@ def simulate(
             "strategy": config,
             "task": getattr(task, "name", None),
         }
-        ckpt.save(
-            checkpoint_dir, s.round, {"state": s, "key": run_key}, meta, keep=keep_checkpoints
-        )
+        tree = {"state": s, "key": run_key}
+        if ledger is not None:
+            tree["ledger"] = ledger
+        ckpt.save(checkpoint_dir, s.round, tree, meta, keep=keep_checkpoints)
 
     board = None if log_dir is None else TensorBoardLog(log_dir, purge_step=state.round + 1)
     crashed: set[int] = set()
+    stopped = None
     start = time.perf_counter()
     try:
         with RoundProgress(rounds, state.round, progress) as bar:
             while state.round < rounds:
-                state, m, crash = run.round(state)
+                plan = run.prepare(state)
+                if accountant is not None:
+                    after = accountant.spend(ledger, run.spend(plan))
+                    eps = float(accountant.epsilon(after))
+                    target = accountant.target_epsilon
+                    if target is not None and eps > float(target):
+                        stopped = _stop_for_budget(
+                            task, state, metrics, float(accountant.epsilon(ledger)), eps, target
+                        )
+                        if board is not None and metrics:
+                            board.log(metrics[-1])
+                        if checkpoint_dir is not None:
+                            save_checkpoint(state)
+                        break
+                state, m, crash = run.round(state, plan)
+                if accountant is not None:
+                    ledger = after
+                    m["epsilon"] = jsonable(eps)
                 metrics.append(m)
                 if board is not None:
                     board.log(m)
@@ -333,7 +437,9 @@ def simulate(
                         )
                     crash_round = state.round
                     kept = list(events)
-                    state, metrics, _ = _restore(state0, checkpoint_dir, run_key, spec)
+                    state, metrics, _, _ = _restore(
+                        state0, checkpoint_dir, run_key, spec, upto=crash_round
+                    )
                     events = [
                         *kept,
                         {
@@ -368,6 +474,7 @@ def simulate(
             "faults": describe(faults),
             "checkpoint_every": checkpoint_every if checkpoint_dir is not None else None,
             "resumed_from": resumed_from,
+            "stopped": stopped,
         },
         "versions": versions(),
         "metrics": metrics,
@@ -377,12 +484,22 @@ def simulate(
             "train_s": sum(m["train_time"] for m in metrics),
             "aggregate_s": sum(m["aggregate_time"] for m in metrics),
             "eval_s": sum(m["eval_time"] for m in metrics),
-            "rounds_per_s": (rounds - (resumed_from or 0)) / total if total > 0 else None,
+            "rounds_per_s": ((state.round - (resumed_from or 0)) / total if total > 0 else None),
         },
         "counters": totals(metrics, events),
         "attack": {"controlled": run.controlled.tolist()},
         "events": events,
     }
+    if accountant is not None:
+        final_eps = float(accountant.epsilon(ledger))
+        record["privacy_budget"] = {
+            "accountant": describe(accountant),
+            "delta": accountant.delta,
+            "target_epsilon": accountant.target_epsilon,
+            "epsilon": final_eps if math.isfinite(final_eps) else None,
+            "rounds": state.round,
+            "stopped": stopped is not None,
+        }
     history = History(
         metrics=metrics,
         final_params=state.params,

@@ -7,7 +7,8 @@ short batches are padded with weight-0 examples (the batch loss is ``Σ wᵢ l�
 math is the sequential engine's). Clients with fewer local steps (less data, stragglers)
 stop early: clients are sorted by their number of steps, so the ones still training at step
 ``t`` are a prefix of the stack and each step works on that prefix only (without ``vmap``
-once a single client is left).
+once a single client is left). Client DP-SGD runs :func:`fedkit.client.dp_local_step` under
+``vmap`` the same way, on Poisson batches padded to the widest one.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import torch
 
 from fedkit.client import (
     ClientConfig,
+    dp_keys,
+    dp_local_step,
+    dp_noise,
     epoch_orders,
     init_opt_state,
     local_step,
     num_steps,
+    pad_schedules,
+    poisson_schedule,
     stack_schedules,
     updates_buffers,
 )
@@ -66,6 +72,8 @@ def _group(
     task: Any, params: torch.Tensor, jobs: Sequence[ClientJob], cfg: ClientConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train ``jobs`` (all with data and work) together: ``(updates, loss, steps)``."""
+    if cfg.dp_sgd is not None:
+        return _group_dp(task, params, jobs, cfg)
     steps = [num_steps(j.num_examples, j.work, cfg) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda i: -steps[i])  # longest schedules first
     jobs = [jobs[i] for i in order]
@@ -107,6 +115,65 @@ def _group(
             new, new_state, loss = step(
                 stacked[:a], tuple(s[:a] for s in state), xs[rows], ys[rows], weight[:a, t], params
             )
+        stacked[:a] = new
+        for s, ns in zip(state, new_state, strict=True):
+            s[:a] = ns
+        total[:a] += loss.to(torch.float64)
+    unsort = torch.empty(g, dtype=torch.int64)
+    unsort[torch.tensor(order)] = torch.arange(g)
+    updates = (stacked - params).index_select(0, unsort.to(stacked.device))
+    return updates, (total / counts).index_select(0, unsort), counts.index_select(0, unsort)
+
+
+def _group_dp(
+    task: Any, params: torch.Tensor, jobs: Sequence[ClientJob], cfg: ClientConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_group` for client DP-SGD: Poisson batches, per-example clipping, keyed noise."""
+    setting = cfg.dp_sgd
+    steps = [num_steps(j.num_examples, j.work, cfg) for j in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -steps[i])  # longest schedules first
+    jobs = [jobs[i] for i in order]
+    counts = torch.tensor([steps[i] for i in order])
+    sizes = [j.num_examples for j in jobs]
+    rates = [float(setting.sample_rate(n)) for n in sizes]
+    keys = [dp_keys(j.key) for j in jobs]
+    # each client's batches and noise come from its own key: short loops over clients
+    index, mask = pad_schedules(
+        [
+            poisson_schedule(n, int(t), q, k[0])
+            for n, t, q, k in zip(sizes, counts.tolist(), rates, keys, strict=True)
+        ]
+    )
+    offsets = torch.cumsum(torch.tensor(sizes), 0) - torch.tensor(sizes)
+    xs = torch.cat([j.x for j in jobs])
+    ys = torch.cat([j.y for j in jobs])
+    index = (index + offsets[:, None, None]).to(xs.device)
+    weight = mask.to(device=params.device, dtype=params.dtype)
+    expected = torch.tensor(
+        [q * n for q, n in zip(rates, sizes, strict=True)], dtype=params.dtype
+    ).to(params.device)
+    g, horizon = len(jobs), int(counts[0])
+    active = (counts[None, :] > torch.arange(horizon)[:, None]).sum(1).tolist()
+    stacked = params.expand(g, -1).clone()
+    state = tuple(s.expand(g, *s.shape).clone() for s in init_opt_state(params, cfg))
+    total = torch.zeros(g, dtype=torch.float64)
+    step = torch.func.vmap(
+        functools.partial(dp_local_step, task, cfg), in_dims=(0, 0, 0, 0, 0, None, 0, 0)
+    )
+    for t, a in enumerate(active):
+        width = max(1, int(mask[:a, t].sum(1).max()))  # real entries come first in a row
+        rows = index[:a, t, :width]
+        noise = torch.stack([dp_noise(setting, k[1], t, params) for k in keys[:a]])
+        new, new_state, loss = step(
+            stacked[:a],
+            tuple(s[:a] for s in state),
+            xs[rows],
+            ys[rows],
+            weight[:a, t, :width],
+            params,
+            noise,
+            expected[:a],
+        )
         stacked[:a] = new
         for s, ns in zip(state, new_state, strict=True):
             s[:a] = ns

@@ -6,8 +6,11 @@ Two implementations give the same clipped gradient sum on the same batch:
   pure, usable under an outer ``vmap`` over clients (batch as a Poisson mask);
 * :mod:`privacy.dpsgd.opacus_path` — Opacus's ``GradSampleModule`` + ``DPOptimizer``.
 
-:class:`DPSGD` is the setting a ``ClientConfig`` carries; :func:`dpsgd_gradient` is one
-private gradient for the sequential engine.
+:class:`DPSGD` is the setting a ``ClientConfig(dp_sgd=...)`` carries (it implements
+:class:`fedkit.protocols.DPSGDSetting`); the simulation engines run it with
+:func:`fedkit.client.dp_local_step`, whose clipping (:func:`fedkit.client.clipped_grad_sum`)
+is the one :mod:`privacy.dpsgd.functional` uses too. :func:`dpsgd_gradient` is one private
+gradient outside the engines (either backend).
 """
 
 from privacy.dpsgd.config import BACKENDS, DPSGD

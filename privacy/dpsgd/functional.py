@@ -10,6 +10,9 @@ Parameters are either a dict ``{name: tensor}`` (the gradient comes back as a di
 flat vector with its :class:`~fedkit.ParamSpec` (the gradient comes back flat). The loss
 function ``loss_fn(logits, y)`` must reduce by the mean (as ``cross_entropy`` does); a
 one-example batch makes mean and sum agree.
+
+The clipping itself (:func:`fedkit.client.clip_factors`, :func:`fedkit.client.clipped_grad_sum`)
+is the simulation engines' own: one implementation of the math for both.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedkit.client import clip_factors
+from fedkit.client import clipped_grad_sum as clipped_sum_of_rows
 from fedkit.core.flat import ParamSpec, unflatten
 from fedkit.core.keys import Key, fold_in, normal
 
@@ -100,12 +105,6 @@ def per_sample_norms(grads: Params) -> torch.Tensor:
     return torch.stack(sq, dim=0).sum(dim=0).sqrt()
 
 
-def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
-    """``min(1, C / ‖g‖)`` per example (1 for a zero gradient)."""
-    c = torch.as_tensor(float(max_grad_norm), dtype=norms.dtype, device=norms.device)
-    return c / torch.maximum(norms, c)
-
-
 def clipped_grad_sum_of(
     batch_loss: BatchLoss,
     params: Params,
@@ -131,11 +130,12 @@ def clipped_grad_sum_of(
             return torch.zeros_like(params)
         return {k: torch.zeros_like(v) for k, v in params.items()}
     grads = per_sample_grads_of(batch_loss, params, x, y)
+    if isinstance(grads, torch.Tensor):
+        weights = torch.ones(x.shape[0], dtype=grads.dtype) if mask is None else mask
+        return clipped_sum_of_rows(grads, weights.to(grads.device), max_grad_norm)
     factors = clip_factors(per_sample_norms(grads), max_grad_norm)
     if mask is not None:
         factors = factors * mask.to(factors.dtype)
-    if isinstance(grads, torch.Tensor):
-        return factors @ grads
     return {k: torch.tensordot(factors, g, dims=1) for k, g in grads.items()}
 
 

@@ -150,3 +150,10 @@ def test_server_crash_without_checkpoints_restarts_from_scratch(task, strat, uni
         h = run(task, strat, faults=Scripted(crash_after=(2,)))
     assert torch.equal(h.final_params, uninterrupted.final_params)
     assert h.events[0]["rounds_lost"] == 2 and h.events[0]["restored_round"] == 0
+
+
+def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(task, strat, tmp_path):
+    run(task, strat, rounds=2, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        fedkit.simulate(task, strat, rounds=2, key=4, engine="sequential", checkpoint_dir=tmp_path)
+    assert ckpt.rounds_on_disk(tmp_path) == [2, 1]  # nothing of the earlier run was touched
