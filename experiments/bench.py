@@ -2,15 +2,18 @@
 
 A sweep file (``experiments/sweeps/bench.yaml``; ``--quick`` uses ``quick.yaml``) names the
 grid: ``defenses`` × ``attacks`` × ``chaos`` × ``seeds`` (option names of the ``defense``,
-``attack`` and ``chaos`` groups) plus ``overrides`` for every run. Each point is composed
+``attack`` and ``chaos`` groups) plus ``overrides`` for every run, and optionally
+``settings``: named groups of overrides (e.g. dataset and partition) crossed with the rest;
+a setting's name becomes the run's ``task`` label, so the tables get one block per setting. Each point is composed
 with Hydra's compose API in this process and run in-process — on ``jobs`` joblib worker
 processes (``threads`` torch threads each, 1 by default), or here when ``jobs`` is 1 — under one progress bar.
 A point whose record already exists with the same config is not run again, so an
-interrupted bench resumes with ``--out`` pointing at its directory.
+interrupted bench resumes with ``--out`` pointing at its directory. With ``jobs`` 1 the
+points that share a task config (same setting and seed) share one built task.
 
 Layout of the output directory::
 
-    runs/<defense>__<attack>__<chaos>__seed<k>/record.json   + TensorBoard events
+    runs/[<setting>__]<defense>__<attack>__<chaos>__seed<k>/record.json   + TensorBoard events
     tables/{attack_defense,utility_vs_epsilon,fault_survival}.{tex,md,csv}
     tables/figures/*.{pdf,png}
     sweep.yaml, order.json
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,23 @@ RUNS = "runs"
 TABLES = "tables"
 
 
+def _settings(value: Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"settings must map a name to a list of overrides, got {value!r}")
+    out = {}
+    for name, overrides in value.items():
+        if not isinstance(name, str) or not name or "/" in name or "__" in name:
+            raise ValueError(
+                f"setting name {name!r} must be a non-empty string without '/' or '__'"
+            )
+        if isinstance(overrides, str) or not isinstance(overrides, Sequence):
+            raise TypeError(f"setting {name!r}: overrides must be a list, got {overrides!r}")
+        out[name] = tuple(str(o) for o in overrides)
+    return out
+
+
 @attrs.frozen
 class Sweep:
     """A benchmark grid (see the module doc)."""
@@ -45,6 +65,7 @@ class Sweep:
     chaos: tuple[str, ...] = attrs.field(converter=tuple)
     seeds: tuple[int, ...] = attrs.field(converter=tuple)
     overrides: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    settings: dict[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_settings)
     jobs: int = 2
 
     @classmethod
@@ -56,13 +77,27 @@ class Sweep:
         return cls(**data)
 
     def points(self) -> list[Point]:
+        """Every run, settings outermost (then fault setting, defense, attack, seed)."""
+        settings = self.settings.items() if self.settings else [(None, ())]
         return [
-            Point(d, a, c, s)
+            Point(d, a, c, s, setting=name, setting_overrides=extra)
+            for name, extra in settings
             for c in self.chaos
             for d in self.defenses
             for a in self.attacks
             for s in self.seeds
         ]
+
+    def order(self) -> dict[str, list[str]]:
+        """Preferred row / column / block orders of the tables (``order.json``)."""
+        order = {
+            "defense": list(self.defenses),
+            "attack": list(self.attacks),
+            "chaos": list(self.chaos),
+        }
+        if self.settings:
+            order["task"] = list(self.settings)
+        return order
 
 
 @attrs.frozen
@@ -73,14 +108,18 @@ class Point:
     attack: str
     chaos: str
     seed: int
+    setting: str | None = None
+    setting_overrides: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def name(self) -> str:
-        return f"{self.defense}__{self.attack}__{self.chaos}__seed{self.seed}"
+        name = f"{self.defense}__{self.attack}__{self.chaos}__seed{self.seed}"
+        return name if self.setting is None else f"{self.setting}__{name}"
 
     def overrides(self, base: Sequence[str]) -> list[str]:
         return [
             *base,
+            *self.setting_overrides,
             f"defense={self.defense}",
             f"attack={self.attack}",
             f"chaos={self.chaos}",
@@ -88,23 +127,31 @@ class Point:
         ]
 
     def labels(self) -> dict[str, Any]:
-        return {
+        labels = {
             "defense": self.defense,
             "attack": self.attack,
             "chaos": self.chaos,
             "seed": self.seed,
         }
+        return labels if self.setting is None else {"task": self.setting, **labels}
 
 
 def compose_configs(points: Sequence[Point], base: Sequence[str]) -> list[dict[str, Any]]:
-    """Each point's resolved config (Hydra compose API, no Hydra job per run)."""
+    """Each point's resolved config (Hydra compose API, no Hydra job per run). Points that
+    differ only in their seed share one composition (``seed`` is a plain value that the
+    config refers to by interpolation), resolved once per seed."""
     from hydra import compose, initialize_config_module
 
+    composed: dict[Point, Any] = {}
+    out = []
     with initialize_config_module(config_module="experiments.configs", version_base="1.3"):
-        return [
-            OmegaConf.to_container(compose("config", overrides=p.overrides(base)), resolve=True)
-            for p in points
-        ]
+        for p in points:
+            first = attrs.evolve(p, seed=0)
+            if first not in composed:
+                composed[first] = compose("config", overrides=p.overrides(base))
+            cfg = OmegaConf.merge(composed[first], {"seed": p.seed})
+            out.append(OmegaConf.to_container(cfg, resolve=True))
+    return out
 
 
 def _done(out: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -128,13 +175,38 @@ def _summary(name: str, record: dict[str, Any], seconds: float) -> dict[str, Any
     }
 
 
-def run_point(name: str, cfg: dict[str, Any], out: Path, labels: dict) -> dict:
-    """Run one point (in a worker or here); a failure is returned, not raised."""
+@attrs.define
+class TaskCache:
+    """Built tasks by their resolved config, the ``size`` most recently used kept (tasks are
+    immutable and built from their own key, so points with equal task configs share one)."""
+
+    size: int = 16
+    _tasks: dict[str, Any] = attrs.field(factory=dict, init=False)
+
+    def get(self, node: Mapping[str, Any]) -> Any:
+        from experiments.build import make
+
+        key = json.dumps(node, sort_keys=True, default=str)
+        task = self._tasks.pop(key, None)
+        if task is None:
+            task = make(OmegaConf.create(dict(node)))
+        self._tasks[key] = task
+        while len(self._tasks) > self.size:
+            self._tasks.pop(next(iter(self._tasks)))
+        return task
+
+
+def run_point(
+    name: str, cfg: dict[str, Any], out: Path, labels: dict, cache: TaskCache | None = None
+) -> dict:
+    """Run one point (in a worker or here); a failure is returned, not raised. ``cache``
+    supplies the built task (default: built from ``cfg``)."""
     from experiments.run import run_experiment
 
     start = time.perf_counter()
     try:
-        record = run_experiment(cfg, out, labels=labels, progress=False)
+        task = None if cache is None else cache.get(cfg["task"])
+        record = run_experiment(cfg, out, labels=labels, progress=False, task=task)
     except Exception as exc:  # reported at the end; the sweep goes on
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
@@ -145,8 +217,9 @@ def run_point(name: str, cfg: dict[str, Any], out: Path, labels: dict) -> dict:
 def execute(todo: list[tuple[str, dict, Path, dict]], jobs: int) -> Iterator[dict[str, Any]]:
     """Results of the points in ``todo`` as they finish."""
     if jobs <= 1:
+        cache = TaskCache()
         for name, cfg, out, labels in todo:
-            yield run_point(name, cfg, out, labels)
+            yield run_point(name, cfg, out, labels, cache)
         return
     from joblib import Parallel, delayed
 
@@ -184,11 +257,7 @@ def bench(
     points = sweep.points()
     base = [*sweep.overrides, *extra_overrides]
     configs = compose_configs(points, base)
-    order = {
-        "defense": list(sweep.defenses),
-        "attack": list(sweep.attacks),
-        "chaos": list(sweep.chaos),
-    }
+    order = sweep.order()
     (out / "order.json").write_text(json.dumps(order, indent=1))
     (out / "sweep.yaml").write_text(
         OmegaConf.to_yaml(

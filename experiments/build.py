@@ -3,8 +3,10 @@
 Every object is made by Hydra's ``instantiate`` from its ``_target_`` (config mirrors code);
 this module only decides the order of the server chain and fills in what depends on other
 groups: the privacy group's mechanisms go around the server components (``pre`` first,
-``post`` right after the reducer, before server optimizers), and a DP noise component's
-``expected_clients: null`` becomes the number of clients sampled per round.
+``post`` right after the reducer, before server optimizers), a DP noise component's
+``expected_clients: null`` becomes the number of clients sampled per round, client DP-SGD
+(``privacy=dpsgd``) goes into the client config, and the privacy accountant (ε per round,
+the stop at ``privacy.target_epsilon``) onto the strategy.
 """
 
 from __future__ import annotations
@@ -67,25 +69,33 @@ def compose_chain(
     return [*pre, *components[:cut], *post, *components[cut:]]
 
 
-def build(cfg: DictConfig | Mapping[str, Any]) -> Experiment:
-    """The task, strategy, adversary and fault model described by ``cfg`` (nothing runs)."""
+def build(cfg: DictConfig | Mapping[str, Any], *, task: Any = None) -> Experiment:
+    """The task, strategy, adversary and fault model described by ``cfg`` (nothing runs).
+    ``task``: an already built task for ``cfg.task`` (e.g. shared by a sweep's points)."""
     cfg = as_config(cfg)
-    task = make(cfg.task)
+    task = make(cfg.task) if task is None else task
     client = make(cfg.client)
     # Objects are set with attrs.evolve, not passed to instantiate (which would turn an attrs
     # value back into a config).
     sampling = make(cfg.strategy)  # sampling, quorum, deadline; default client and chain
+    dpsgd = str((cfg.get("privacy") or {}).get("mechanism", "none")) == "dpsgd"
     privacy = dp.resolve(
         cfg,
         per_round=sampling.num_sampled(int(task.num_clients)),
         total=int(task.num_clients),
+        client=client,
+        sizes=[task.client_size(c) for c in range(int(task.num_clients))] if dpsgd else None,
     )
+    if privacy.dp_sgd is not None:  # client DP-SGD rides on the client config
+        client = attrs.evolve(client, dp_sgd=make(privacy.dp_sgd))
     components = compose_chain(
         server_components(cfg),
         [make(node) for node in privacy.pre],
         [make(node) for node in privacy.post],
     )
-    strategy = attrs.evolve(sampling, client=client, server=chain(*components))
+    strategy = attrs.evolve(
+        sampling, client=client, server=chain(*components), accountant=privacy.accountant()
+    )
     return Experiment(
         task=task,
         strategy=strategy,

@@ -10,10 +10,15 @@ its grid. The record is the one ``fedkit.simulate`` writes (``fedkit.run/1``, se
   derives them from the record's ``_target_`` entries);
 * ``privacy``: mechanism, ε (``None`` without DP), δ, noise multiplier, sample rate;
 * ``config``: the resolved config of the run.
+
+A run whose adversary poisons data with a backdoor trigger also gets
+``final.backdoor_success``: the final model's attack success rate on the triggered test set
+(:func:`backdoor_metrics`).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,15 +60,20 @@ def run_experiment(
     *,
     labels: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    task: Any = None,
 ) -> dict[str, Any]:
     """Simulate the run ``cfg`` describes; write ``<out_dir>/record.json`` (and TensorBoard
-    scalars into ``out_dir`` when ``cfg.tensorboard``); return the record."""
+    scalars into ``out_dir`` when ``cfg.tensorboard``); return the record. ``task``: the
+    already built task of ``cfg.task``, if any."""
     cfg = as_config(cfg)
     if cfg.get("threads") is not None:
         torch.set_num_threads(int(cfg.threads))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    exp = build(cfg)
+    exp = build(cfg, task=task)
+    checkpoints = out / "checkpoints" if exp.checkpoint else None
+    if checkpoints is not None and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # this run point starts over: its old checkpoints go
     history = simulate(
         exp.task,
         exp.strategy,
@@ -73,17 +83,35 @@ def run_experiment(
         adversary=exp.adversary,
         faults=exp.faults,
         eval_every=exp.eval_every,
-        checkpoint_dir=out / "checkpoints" if exp.checkpoint else None,
+        checkpoint_dir=checkpoints,
         log_dir=out if cfg.get("tensorboard", True) else None,
         progress=cfg.get("progress") if progress is None else progress,
     )
     record = dict(history.record)
+    extra = backdoor_metrics(exp.adversary, exp.task, history.final_params)
+    if extra:
+        record["final"] = {**record.get("final", {}), **extra}
     releases = len(history.metrics) + int(record["counters"].get("rounds_lost", 0))
     record["labels"] = {**default_labels(cfg), **dict(labels or {})}
     record["privacy"] = exp.privacy.summary(releases)
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     write_json(out / RECORD, record)
     return record
+
+
+def backdoor_metrics(adversary: Any, task: Any, params: torch.Tensor) -> dict[str, float]:
+    """``{"backdoor_success": rate}`` when ``adversary`` poisons data with a
+    :class:`attacks.Backdoor` (the final model's rate of classifying triggered test images of
+    other classes as the target, :func:`attacks.backdoor_success_rate`), else ``{}``."""
+    from attacks import Backdoor, backdoor_success_rate
+
+    poison = getattr(adversary, "poison", None)
+    if not isinstance(poison, Backdoor):
+        return {}
+    rate = backdoor_success_rate(
+        lambda x: task.apply(params, x), task.test_x, task.test_y, poison.trigger, poison.target
+    )
+    return {"backdoor_success": rate}
 
 
 def describe_result(record: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """paper (see DESIGN.md): tables and figures generated from run records, never by hand.
 
 :func:`make_report` reads every record under a results directory and writes, for each kind
-of table (``attack_defense``, ``utility_vs_epsilon``, ``fault_survival``; see
+of table (``attack_defense``, ``utility_vs_epsilon``, ``fault_survival``,
+``worst_case``, ``backdoor``; see
 :mod:`paper.tables`), ``<kind>.tex`` (booktabs; a comment when there is nothing to show, so
 ``\\input`` never fails), ``<kind>.md`` and ``<kind>.csv``, plus the figures of
 :mod:`paper.figures` under ``figures/``. ``paper/main.tex`` inputs the ``.tex`` files from

@@ -2,7 +2,7 @@
 
 A :class:`Run` holds what the tables and figures group by (task, defense, attack, fault
 setting, privacy, seed) and what they show (final test accuracy, ε, rounds completed,
-updates lost, the accuracy curve). The labels come from the record's ``labels`` section
+updates lost, the accuracy curve, the backdoor success rate of a backdoor attack). The labels come from the record's ``labels`` section
 (written by ``fedkit run`` / ``fedkit bench``); a record without one (written by
 ``fedkit.simulate`` directly) gets labels derived from its ``_target_`` entries, e.g.
 ``clip+trimmed_mean``, ``alie``, ``dropout+corrupt``.
@@ -57,6 +57,7 @@ class Run:
     expected: int
     lost: int
     curve: tuple[tuple[int, float], ...]
+    backdoor: float | None = None
 
     @property
     def lost_fraction(self) -> float | None:
@@ -145,6 +146,7 @@ def to_run(record: Mapping[str, Any], path: str = "") -> Run:
         expected=int((record.get("counters") or {}).get("expected") or 0),
         lost=_lost(record.get("counters") or {}),
         curve=_curve(metrics),
+        backdoor=(record.get("final") or {}).get("backdoor_success"),
     )
 
 

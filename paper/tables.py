@@ -7,9 +7,13 @@
 (c) :func:`fault_survival` — per fault setting and defense (over attacks and seeds): rounds
     completed, updates lost (%), accuracy (%) and its change from the same run without faults
     (same task, defense, attack, noise and seed), in percentage points.
+(d) :func:`worst_case` — one per task and fault setting: each defense's accuracy without
+    attack and under its most damaging attack (lowest mean over seeds), and that attack.
+(e) :func:`backdoor` — one per task and fault setting, for runs with a backdoor success
+    rate: clean accuracy and backdoor success per defense.
 
 Rows and columns follow ``order`` (a dict of preferred orders for ``defense``, ``attack``,
-``chaos``), then ``none`` first, then alphabetical. A defense run at several noise levels
+``chaos``, ``task``), then ``none`` first, then alphabetical. A defense run at several noise levels
 gets one row per level, labelled with its noise multiplier σ.
 """
 
@@ -70,7 +74,7 @@ def attack_defense(runs: Sequence[Run], order: Order | None = None) -> list[Tabl
     order = order or {}
     tables = []
     by_setting = group_by(runs, lambda r: (r.task, r.chaos))
-    tasks = ordered({t for t, _ in by_setting})
+    tasks = ordered({t for t, _ in by_setting}, order.get("task", ()))
     settings = ordered({c for _, c in by_setting}, order.get("chaos", ()))
     for task in tasks:
         for chaos in settings:
@@ -128,7 +132,7 @@ def utility_vs_epsilon(runs: Sequence[Run], order: Order | None = None) -> list[
         *(Column(a, better="max", scale=PERCENT) for a in attacks),
     ]
     keyed = []
-    for task in ordered(tasks):
+    for task in ordered(tasks, order.get("task", ())):
         for chaos in ordered(settings, order.get("chaos", ())):
             for d, z, label in defense_rows(
                 [r for r in private if (r.task, r.chaos) == (task, chaos)], order
@@ -188,7 +192,7 @@ def fault_survival(runs: Sequence[Run], order: Order | None = None) -> list[Tabl
         Column("Δ accuracy (pp)", better="max", scale=PERCENT, tex=r"$\Delta$ accuracy (pp)"),
     ]
     rows = []
-    for task in ordered(tasks):
+    for task in ordered(tasks, order.get("task", ())):
         of_task = [r for r in faulty if r.task == task]
         for chaos in ordered({r.chaos for r in of_task}, order.get("chaos", ())):
             for d, z, label in defense_rows([r for r in of_task if r.chaos == chaos], order):
@@ -211,8 +215,80 @@ def fault_survival(runs: Sequence[Run], order: Order | None = None) -> list[Tabl
     return [Table(name="fault_survival", caption=caption, columns=columns, rows=rows)]
 
 
+def _blocks(runs: Sequence[Run], order: Order) -> list[tuple[str, str, list[Run]]]:
+    """``(task, fault setting, runs)`` in display order, non-empty ones only."""
+    by_setting = group_by(runs, lambda r: (r.task, r.chaos))
+    tasks = ordered({t for t, _ in by_setting}, order.get("task", ()))
+    settings = ordered({c for _, c in by_setting}, order.get("chaos", ()))
+    return [(t, c, by_setting[(t, c)]) for t in tasks for c in settings if (t, c) in by_setting]
+
+
+def worst_case(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (d), one per (task, fault setting) with attacked runs."""
+    order = order or {}
+    tables = []
+    for task, chaos, group in _blocks(runs, order):
+        attacks = ordered({r.attack for r in group} - {"none"}, order.get("attack", ()))
+        if not attacks:
+            continue
+        cells = group_by(group, lambda r: (r.defense, r.noise_multiplier, r.attack))
+        rows = []
+        for d, z, label in defense_rows(group, order):
+            stats = {a: Stat.of(r.accuracy for r in cells.get((d, z, a), [])) for a in attacks}
+            # an attack without a finite accuracy (diverged on every seed) counts as the worst
+            worst = min(attacks, key=lambda a: -1.0 if stats[a].mean is None else stats[a].mean)
+            clean = Stat.of(r.accuracy for r in cells.get((d, z, "none"), []))
+            rows.append([label, clean, stats[worst], worst])
+        caption = (
+            f"Worst case per defense on {task} with faults: {chaos}: final test accuracy (%) "
+            "without attack and under the attack with the lowest mean accuracy (– when it "
+            "diverged), mean ± std over seeds; best per column in bold."
+        )
+        columns = [
+            Column("Defense", kind="text"),
+            Column("No attack (%)", better="max", scale=PERCENT),
+            Column("Worst case (%)", better="max", scale=PERCENT),
+            Column("Worst attack", kind="text"),
+        ]
+        group_names = (("Task", task), ("Faults", chaos))
+        tables.append(Table(f"worst_case_{task}_{chaos}", caption, columns, rows, group_names))
+    return tables
+
+
+def backdoor(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (e), one per (task, fault setting) with backdoor success rates."""
+    order = order or {}
+    tables = []
+    for task, chaos, group in _blocks([r for r in runs if r.backdoor is not None], order):
+        members = group_by(group, lambda r: (r.defense, r.noise_multiplier))
+        rows = [
+            [
+                label,
+                Stat.of(r.accuracy for r in members[(d, z)]),
+                Stat.of(r.backdoor for r in members[(d, z)]),
+            ]
+            for d, z, label in defense_rows(group, order)
+        ]
+        caption = (
+            f"Backdoor attack on {task} with faults: {chaos}: final test accuracy (%) on clean "
+            "test images and backdoor success (%, triggered test images of other classes "
+            f"classified as the target), mean ± std {_seeds_phrase(r[2] for r in rows)}; best "
+            "per column in bold."
+        )
+        columns = [
+            Column("Defense", kind="text"),
+            Column("Clean accuracy (%)", better="max", scale=PERCENT),
+            Column("Backdoor success (%)", better="min", scale=PERCENT),
+        ]
+        group_names = (("Task", task), ("Faults", chaos))
+        tables.append(Table(f"backdoor_{task}_{chaos}", caption, columns, rows, group_names))
+    return tables
+
+
 KINDS: dict[str, Callable[[Sequence[Run], Order | None], list[Table]]] = {
     "attack_defense": attack_defense,
     "utility_vs_epsilon": utility_vs_epsilon,
     "fault_survival": fault_survival,
+    "worst_case": worst_case,
+    "backdoor": backdoor,
 }
