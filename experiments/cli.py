@@ -25,8 +25,8 @@ commands:
                               a real Flower deployment on this machine (TLS + node auth by default)
   tables RESULTS_DIR [--out DIR] [--no-figures]
                               LaTeX / Markdown / CSV tables and PDF / PNG figures from records
-  deploy local [--nodes N] [...]
-                              fedkit's Flower App on a local SuperLink + SuperNodes (TLS)
+  deploy sim [--clients N] [--rounds R] [--cpus C] [-c KEY=VALUE ...]
+                              the same Flower App on Flower's simulation engine (Ray)
 
 See experiments/README.md.
 """

@@ -608,6 +608,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run config override (TOML value), repeatable",
     )
     local.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
+    sim = sub.add_parser(
+        "sim", help="the same apps on Flower's simulation engine (Ray, loopback only)"
+    )
+    sim.add_argument("--clients", type=int, default=3, help="number of simulated SuperNodes")
+    sim.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use")
+    sim.add_argument("--cpus-per-client", type=float, default=1.0)
+    sim.add_argument("--rounds", type=int, default=None)
+    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--run-dir", type=Path, default=None, help="default: runs/sim-<time>")
+    sim.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run config override (TOML value), repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -627,22 +644,26 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fedkit deploy local ...``; exit code 0 iff the run finished ``completed``."""
+    """``fedkit deploy local ...`` (exit code 0 iff the run finished ``completed``) or
+    ``fedkit deploy sim ...`` (0 iff every round ran)."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # tear down on SIGTERM too
-    run_dir = args.run_dir or Path("runs") / time.strftime("deploy-%Y%m%d-%H%M%S")
+    prefix = "sim" if args.where == "sim" else "deploy"
+    run_dir = args.run_dir or Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
     run_dir = run_dir.resolve()
     config = parse_overrides(args.config)
     if args.rounds is not None:
         config["rounds"] = args.rounds
     if args.seed is not None:
         config["seed"] = args.seed
+    if config.get("task-dir"):  # the apps do not run in this directory
+        config["task-dir"] = str(Path(config["task-dir"]).resolve())
+    if args.where == "sim":
+        return _simulate(args, run_dir, config)
     config.setdefault("task-clients", args.nodes)
     config.setdefault("min-nodes", args.nodes)
     config.setdefault("checkpoint-dir", str(run_dir / "checkpoints"))
     config.setdefault("log-dir", str(run_dir / "logs"))
-    if config.get("task-dir"):  # the apps do not run in this directory
-        config["task-dir"] = str(Path(config["task-dir"]).resolve())
     deployment = LocalDeployment(
         run_dir, nodes=args.nodes, insecure=args.insecure, auth=not args.no_auth
     )
@@ -664,6 +685,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         final = status[0] if status else "unknown"
         print(f"run {run_id}: {final}; record in {config['log-dir']}/record.json", flush=True)
     return 0 if final == "finished:completed" else 1
+
+
+def _simulate(args: argparse.Namespace, run_dir: Path, config: dict[str, Any]) -> int:
+    """``fedkit deploy sim``: :func:`fedkit.flower.sim.run_flower_simulation`."""
+    from fedkit.flower.sim import run_flower_simulation
+
+    config.setdefault("task-clients", args.clients)
+    print(f"Flower simulation (Ray) of {config['task-clients']} clients in {run_dir}", flush=True)
+    record = run_flower_simulation(
+        run_dir, config, num_cpus=args.cpus, cpus_per_client=args.cpus_per_client
+    )
+    ran = len(record.get("metrics", []))
+    wanted = int(config.get("rounds", ran))
+    print(f"{ran} of {wanted} rounds; record in {run_dir / 'logs' / 'record.json'}", flush=True)
+    return 0 if ran >= wanted else 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 in-process simulation's parameters."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -32,3 +33,15 @@ def test_flower_simulation_matches_in_process_simulation(tmp_path):
     )
     got = ckpt.load_latest(tmp_path / "run" / "checkpoints").tree["state"].params
     torch.testing.assert_close(got, expected.final_params, rtol=1e-5, atol=1e-6)
+
+
+def test_deploy_sim_command_runs_the_app_on_flowers_simulation(tmp_path, capsys):
+    from fedkit.flower.deploy import main
+
+    run_dir = str(tmp_path / "run")
+    deadline = "round-deadline=600.0"
+    code = main(["sim", "--clients", "2", "--rounds", "1", "--run-dir", run_dir, "-c", deadline])
+    assert code == 0
+    record = json.loads((tmp_path / "run" / "logs" / "record.json").read_text())
+    assert [m["accepted"] for m in record["metrics"]] == [2]
+    assert "1 of 1 rounds" in capsys.readouterr().out
