@@ -587,6 +587,21 @@ def follow(checkpoint_dir: Path, run_done: Any, every: float = 1.0) -> None:
             time.sleep(every)
 
 
+def _run_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The options ``local`` and ``sim`` share: rounds, seed, run directory, overrides."""
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--run-dir", type=Path, default=None, help=f"default: runs/{prefix}-<time>")
+    parser.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run config override (TOML value), repeatable",
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fedkit deploy", description="Run fedkit's Flower App on a real deployment."
@@ -596,17 +611,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     local.add_argument("--nodes", type=int, default=3, help="number of SuperNodes")
     local.add_argument("--insecure", action="store_true", help="no TLS (and no node auth)")
     local.add_argument("--no-auth", action="store_true", help="TLS without node authentication")
-    local.add_argument("--rounds", type=int, default=None)
-    local.add_argument("--seed", type=int, default=None)
-    local.add_argument("--run-dir", type=Path, default=None, help="default: runs/deploy-<time>")
-    local.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run config override (TOML value), repeatable",
-    )
+    _run_options(local, "deploy")
     local.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
     sim = sub.add_parser(
         "sim", help="the same apps on Flower's simulation engine (Ray, loopback only)"
@@ -614,17 +619,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sim.add_argument("--clients", type=int, default=3, help="number of simulated SuperNodes")
     sim.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use")
     sim.add_argument("--cpus-per-client", type=float, default=1.0)
-    sim.add_argument("--rounds", type=int, default=None)
-    sim.add_argument("--seed", type=int, default=None)
-    sim.add_argument("--run-dir", type=Path, default=None, help="default: runs/sim-<time>")
-    sim.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run config override (TOML value), repeatable",
-    )
+    _run_options(sim, "sim")
     return parser.parse_args(argv)
 
 

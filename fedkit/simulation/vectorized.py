@@ -115,14 +115,8 @@ def _group(
             new, new_state, loss = step(
                 stacked[:a], tuple(s[:a] for s in state), xs[rows], ys[rows], weight[:a, t], params
             )
-        stacked[:a] = new
-        for s, ns in zip(state, new_state, strict=True):
-            s[:a] = ns
-        total[:a] += loss.to(torch.float64)
-    unsort = torch.empty(g, dtype=torch.int64)
-    unsort[torch.tensor(order)] = torch.arange(g)
-    updates = (stacked - params).index_select(0, unsort.to(stacked.device))
-    return updates, (total / counts).index_select(0, unsort), counts.index_select(0, unsort)
+        _write_back(a, stacked, state, total, new, new_state, loss)
+    return _in_job_order(order, stacked, params, total, counts)
 
 
 def _group_dp(
@@ -174,10 +168,36 @@ def _group_dp(
             noise,
             expected[:a],
         )
-        stacked[:a] = new
-        for s, ns in zip(state, new_state, strict=True):
-            s[:a] = ns
-        total[:a] += loss.to(torch.float64)
+        _write_back(a, stacked, state, total, new, new_state, loss)
+    return _in_job_order(order, stacked, params, total, counts)
+
+
+def _write_back(
+    a: int,
+    stacked: torch.Tensor,
+    state: tuple,
+    total: torch.Tensor,
+    new: torch.Tensor,
+    new_state: tuple,
+    loss: torch.Tensor,
+) -> None:
+    """Store one step's results of the first ``a`` (still active) clients of a group."""
+    stacked[:a] = new
+    for s, ns in zip(state, new_state, strict=True):
+        s[:a] = ns
+    total[:a] += loss.to(torch.float64)
+
+
+def _in_job_order(
+    order: Sequence[int],
+    stacked: torch.Tensor,
+    params: torch.Tensor,
+    total: torch.Tensor,
+    counts: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Updates, mean losses and step counts of a group, back in the jobs' order (the group
+    ran sorted by ``order``, longest first)."""
+    g = len(order)
     unsort = torch.empty(g, dtype=torch.int64)
     unsort[torch.tensor(order)] = torch.arange(g)
     updates = (stacked - params).index_select(0, unsort.to(stacked.device))
