@@ -118,7 +118,7 @@ class DPSGDSetting(Protocol):
     ``privacy.dpsgd.DPSGD``): per-example gradients clipped to ``max_grad_norm``, Gaussian
     noise of std ``noise_multiplier · max_grad_norm`` on their sum, Poisson-sampled local
     batches of expected size ``batch_size``; ``sample_rate(n)`` is the Poisson rate of a
-    client with ``n`` examples. The math is :func:`fedkit.client.dp_local_step`."""
+    client with ``n`` examples. The math is :func:`fedkit.client_dp.dp_local_step`."""
 
     max_grad_norm: float
     noise_multiplier: float

@@ -16,12 +16,14 @@ import torch
 from fedkit.client import (
     ClientConfig,
     batch_schedule,
-    dp_keys,
-    dp_local_step,
-    dp_noise,
     init_opt_state,
     local_step,
     num_steps,
+)
+from fedkit.client_dp import (
+    dp_keys,
+    dp_local_step,
+    dp_noise,
     poisson_schedule,
 )
 from fedkit.simulation.jobs import ClientJob, LocalResults
@@ -56,7 +58,7 @@ def train_client(
 def train_client_dp(
     task: Any, params: torch.Tensor, job: ClientJob, cfg: ClientConfig
 ) -> tuple[torch.Tensor, float, int]:
-    """Local DP-SGD of one client (:func:`fedkit.client.dp_local_step` on its Poisson
+    """Local DP-SGD of one client (:func:`fedkit.client_dp.dp_local_step` on its Poisson
     batches, padded with weight-0 examples): ``(update, mean loss, steps)``."""
     n, setting = job.num_examples, cfg.dp_sgd
     steps = num_steps(n, job.work, cfg)

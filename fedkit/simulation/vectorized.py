@@ -7,7 +7,7 @@ short batches are padded with weight-0 examples (the batch loss is ``Σ wᵢ l�
 math is the sequential engine's). Clients with fewer local steps (less data, stragglers)
 stop early: clients are sorted by their number of steps, so the ones still training at step
 ``t`` are a prefix of the stack and each step works on that prefix only (without ``vmap``
-once a single client is left). Client DP-SGD runs :func:`fedkit.client.dp_local_step` under
+once a single client is left). Client DP-SGD runs :func:`fedkit.client_dp.dp_local_step` under
 ``vmap`` the same way, on Poisson batches padded to the widest one.
 """
 
@@ -22,17 +22,19 @@ import torch
 
 from fedkit.client import (
     ClientConfig,
-    dp_keys,
-    dp_local_step,
-    dp_noise,
     epoch_orders,
     init_opt_state,
     local_step,
     num_steps,
-    pad_schedules,
-    poisson_schedule,
     stack_schedules,
     updates_buffers,
+)
+from fedkit.client_dp import (
+    dp_keys,
+    dp_local_step,
+    dp_noise,
+    pad_schedules,
+    poisson_schedule,
 )
 from fedkit.core.keys import key as root_key
 from fedkit.simulation.jobs import ClientJob, LocalResults

@@ -8,7 +8,7 @@ Two implementations give the same clipped gradient sum on the same batch:
 
 :class:`DPSGD` is the setting a ``ClientConfig(dp_sgd=...)`` carries (it implements
 :class:`fedkit.protocols.DPSGDSetting`); the simulation engines run it with
-:func:`fedkit.client.dp_local_step`, whose clipping (:func:`fedkit.client.clipped_grad_sum`)
+:func:`fedkit.client_dp.dp_local_step`, whose clipping (:func:`fedkit.client_dp.clipped_grad_sum`)
 is the one :mod:`privacy.dpsgd.functional` uses too. :func:`dpsgd_gradient` is one private
 gradient outside the engines (either backend).
 """

@@ -11,7 +11,7 @@ flat vector with its :class:`~fedkit.ParamSpec` (the gradient comes back flat). 
 function ``loss_fn(logits, y)`` must reduce by the mean (as ``cross_entropy`` does); a
 one-example batch makes mean and sum agree.
 
-The clipping itself (:func:`fedkit.client.clip_factors`, :func:`fedkit.client.clipped_grad_sum`)
+The clipping itself (:func:`fedkit.client_dp.clip_factors`, :func:`fedkit.client_dp.clipped_grad_sum`)
 is the simulation engines' own: one implementation of the math for both.
 """
 
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedkit.client import clip_factors
-from fedkit.client import clipped_grad_sum as clipped_sum_of_rows
+from fedkit.client_dp import clip_factors
+from fedkit.client_dp import clipped_grad_sum as clipped_sum_of_rows
 from fedkit.core.flat import ParamSpec, unflatten
 from fedkit.core.keys import Key, fold_in, normal
 

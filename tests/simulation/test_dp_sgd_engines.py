@@ -16,10 +16,12 @@ import fedkit
 from fedkit.aggregators import Mean
 from fedkit.client import (
     ClientConfig,
+    num_steps,
+)
+from fedkit.client_dp import (
     clipped_grad_sum,
     dp_keys,
     dp_noise,
-    num_steps,
     poisson_schedule,
 )
 from fedkit.core.flat import unflatten
