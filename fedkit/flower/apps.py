@@ -23,7 +23,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedkit.client import ClientConfig
 from fedkit.core.keys import Key, fold_in
 from fedkit.flower import transport
 from fedkit.flower.server_loop import FEDKIT, METRICS, LoopConfig, ServerLoop
@@ -97,7 +96,7 @@ def local_train(task: Any, message: Message, client: int) -> tuple[Any, int, dic
     if client not in asked:
         raise ValueError(f"round {book['round']} does not ask client {client} to train")
     params = transport.read_params(message.content, task.spec)
-    cfg = ClientConfig(**json.loads(str(book["client-config"])))
+    cfg = transport.client_config_from_json(str(book["client-config"]))
     supervised = getattr(task, "train_client", None) is None
     job = ClientJob(
         client=client,

@@ -24,7 +24,6 @@ split(key(seed), 3)``, then ``split(fold_in(k_rounds, r), 6)``):
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -124,7 +123,7 @@ def round_message(
             "clients": list(clients),
             "work": list(work),
             "k-clients": k_clients.to_hex(),
-            "client-config": json.dumps(attrs.asdict(strategy.client)),
+            "client-config": transport.client_config_to_json(strategy.client),
         }
     )
     return Message(

@@ -134,3 +134,27 @@ def test_deploy_cli_parses_overrides_and_defaults_to_tls_with_auth(tmp_path):
     insecure = LocalDeployment(tmp_path / "i", nodes=1, insecure=True)
     assert insecure.auth is False
     assert "--insecure" in insecure.superlink_cmd()
+
+
+@pytest.mark.parametrize("with_dp", [False, True])
+def test_client_config_travels_unchanged_including_its_dp_sgd_setting(with_dp):
+    from fedkit.client import ClientConfig
+    from privacy.dpsgd import DPSGD
+
+    dp = DPSGD(max_grad_norm=0.7, noise_multiplier=1.3, batch_size=8) if with_dp else None
+    cfg = ClientConfig(epochs=2, lr=0.1, optimizer="adam", betas=(0.8, 0.9), dp_sgd=dp)
+    back = transport.client_config_from_json(transport.client_config_to_json(cfg))
+    assert back == cfg and type(back.dp_sgd) is type(cfg.dp_sgd)
+
+
+def test_a_dp_sgd_setting_that_cannot_travel_is_refused():
+    from fedkit.client import ClientConfig
+
+    class PlainSetting:  # implements the protocol but is no attrs class
+        max_grad_norm, noise_multiplier, batch_size = 1.0, 1.0, 4
+
+        def sample_rate(self, n):
+            return min(1.0, 4 / n)
+
+    with pytest.raises(TypeError, match="attrs class"):
+        transport.client_config_to_json(ClientConfig(dp_sgd=PlainSetting()))
