@@ -21,6 +21,7 @@ from fedkit.flower.apps import make_client_app, make_server_app
 from fedkit.flower.deploy import FLOWER_ENV
 
 RAY_TMP_MAX = 40  # longer temp dirs go to a short directory under the system temp dir
+RAY_START_ATTEMPTS = 2  # Ray's node start (not the run) is retried once when it times out
 
 
 def run_flower_simulation(
@@ -62,13 +63,39 @@ def run_flower_simulation(
         },
     }
     try:
-        run_simulation(
-            server_app=make_server_app(run_config=config),
-            client_app=make_client_app(run_config=config),
-            num_supernodes=nodes,
-            backend_config=backend,
-        )
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            try:
+                run_simulation(
+                    server_app=make_server_app(run_config=config),
+                    client_app=make_client_app(run_config=config),
+                    num_supernodes=nodes,
+                    backend_config=backend,
+                )
+                break
+            except RuntimeError as exc:
+                # Ray gives its raylet a fixed 30 s to register; on a loaded machine that
+                # start can miss it before any round ran: start Ray again, once
+                if attempt == RAY_START_ATTEMPTS or not _ray_start_timed_out(exc):
+                    raise
+                _shutdown_ray()
     finally:
         if own_tmp:
             shutil.rmtree(ray_tmp, ignore_errors=True)
     return json.loads((Path(config["log-dir"]) / "record.json").read_text())
+
+
+def _ray_start_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is Ray's node start timeout."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if "timed out during startup" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()

@@ -45,3 +45,19 @@ def test_deploy_sim_command_runs_the_app_on_flowers_simulation(tmp_path, capsys)
     record = json.loads((tmp_path / "run" / "logs" / "record.json").read_text())
     assert [m["accepted"] for m in record["metrics"]] == [2]
     assert "1 of 1 rounds" in capsys.readouterr().out
+
+
+def test_only_rays_node_start_timeout_is_retried():
+    from fedkit.flower.sim import _ray_start_timed_out
+
+    def chained(inner: Exception) -> RuntimeError:
+        try:
+            try:
+                raise inner
+            except Exception as exc:
+                raise RuntimeError("Simulation Runtime crashed.") from exc
+        except RuntimeError as outer:
+            return outer
+
+    assert _ray_start_timed_out(chained(Exception("The current node timed out during startup.")))
+    assert not _ray_start_timed_out(chained(ValueError("a real error in the app")))
