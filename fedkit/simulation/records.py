@@ -141,6 +141,18 @@ def final_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def timings(metrics: Sequence[Mapping[str, Any]], total: float, rounds_run: int) -> dict:
+    """The record's ``timings``: wall time of the run, the per-phase sums over its rounds and
+    the rounds run per second (``rounds_run`` = rounds this process ran, not resumed ones)."""
+    return {
+        "total_s": total,
+        "train_s": sum(m["train_time"] for m in metrics),
+        "aggregate_s": sum(m["aggregate_time"] for m in metrics),
+        "eval_s": sum(m["eval_time"] for m in metrics),
+        "rounds_per_s": rounds_run / total if total > 0 else None,
+    }
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as JSON atomically (temporary file + rename)."""
     path = Path(path)

@@ -64,6 +64,7 @@ from fedkit.simulation.records import (
     describe,
     final_metrics,
     jsonable,
+    timings,
     totals,
     versions,
 )
@@ -479,13 +480,7 @@ def simulate(
         "versions": versions(),
         "metrics": metrics,
         "final": final_metrics(metrics),
-        "timings": {
-            "total_s": total,
-            "train_s": sum(m["train_time"] for m in metrics),
-            "aggregate_s": sum(m["aggregate_time"] for m in metrics),
-            "eval_s": sum(m["eval_time"] for m in metrics),
-            "rounds_per_s": ((state.round - (resumed_from or 0)) / total if total > 0 else None),
-        },
+        "timings": timings(metrics, total, state.round - (resumed_from or 0)),
         "counters": totals(metrics, events),
         "attack": {"controlled": run.controlled.tolist()},
         "events": events,
