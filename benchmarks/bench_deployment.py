@@ -23,9 +23,10 @@ import os
 import time
 from pathlib import Path
 
-from fedkit.flower.deploy import FLOWER_ENV, LocalDeployment
+from fedkit.flower.env import FLOWER_ENV
+from fedkit.flower.local import LocalDeployment
 from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.run import checkpoint as ckpt
 from fedkit.simulation import simulate
 
 os.environ.update(FLOWER_ENV)

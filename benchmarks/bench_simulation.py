@@ -3,7 +3,7 @@ simulation engine (flwr[simulation], Ray) running the same client code.
 
 Workload (issue §5): scikit-learn digits, MLP (64-64-10), 100 IID clients, all sampled each
 round, 1 local epoch, batch 16, SGD lr 0.05, FedAvg. Every engine runs the same local
-training kernel (:func:`fedkit.simulation.sequential.train_client` in Flower's ClientApp), so
+training kernel (:func:`fedkit.training.train_local` in Flower's ClientApp), so
 the table compares engines, not training code. Timing: fedkit engines report the mean
 round time without the test evaluation (identical for all engines) after one warm-up
 round; Flower's rounds are timed from the ServerApp (round 1 excluded: it includes Ray's
@@ -87,8 +87,7 @@ def _flower_apps(rounds: int):
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
-    from fedkit.simulation.jobs import ClientJob
-    from fedkit.simulation.sequential import train_client
+    from fedkit.training import train_local
 
     client_app = ClientApp()
 
@@ -103,20 +102,15 @@ def _flower_apps(rounds: int):
         params = torch.cat(
             [t.reshape(-1) for t in msg.content["arrays"].to_torch_state_dict().values()]
         )
-        job = ClientJob(
-            client=cid,
-            work=EPOCHS,
-            key=fedkit.fold_in(fedkit.key(server_round), cid),
-            x=_TASK.client_x[cid],
-            y=_TASK.client_y[cid],
-        )
+        x, y = _TASK.client_x[cid], _TASK.client_y[cid]
+        key = fedkit.fold_in(fedkit.key(server_round), cid)
         with torch.no_grad():
-            update, loss, _ = train_client(_TASK, params, job, client_config())
+            update, loss, _ = train_local(_TASK, params, x, y, EPOCHS, key, client_config())
         local = fedkit.unflatten(params + update, _TASK.spec)
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: v.clone() for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": job.num_examples, "loss": loss}),
+                "metrics": MetricRecord({"num-examples": int(x.shape[0]), "loss": loss}),
             }
         )
         return Message(content=content, reply_to=msg)

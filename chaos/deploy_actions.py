@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedkit.flower.deploy import LocalDeployment
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.flower.local import LocalDeployment
+from fedkit.run import checkpoint as ckpt
 
 _DEPLOYMENTS: dict[str, dict[str, Any]] = {}
 
@@ -104,7 +104,7 @@ def restart_superlink_and_resume(name: str) -> dict:
     deployment = entry["deployment"]
     up = deployment.start_superlink()
     t1 = time.monotonic()
-    entry["runs"].append(deployment.submit(_run_config(entry)))
+    entry["runs"].append(deployment.submit({**_run_config(entry), "resume": True}))
     entry["resubmitted_at"] = time.time()
     return {"run_id": entry["runs"][-1], "superlink_up_s": up, "submit_s": time.monotonic() - t1}
 

@@ -1,5 +1,5 @@
 """The ``fedkit`` console script: ``run``, ``bench``, ``tables`` (and ``deploy``, which hands
-over to :mod:`fedkit.flower.deploy`).
+over to :mod:`experiments.deploy_cli`).
 
 It lives here rather than in ``fedkit`` so that the core never imports the suites
 (DESIGN.md): ``fedkit = "experiments.cli:main"``. Each subcommand imports its module only
@@ -49,17 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(rest)
     if command == "deploy":
-        from fedkit.flower.deploy import main as deploy_main
+        from experiments.deploy_cli import main as deploy_main
 
         return deploy_main(rest)
     if command == "tables":
         from paper.cli import main as tables_main
 
         return tables_main(rest)
-    if command == "deploy":
-        from fedkit.flower.deploy import main as deploy_main
-
-        return deploy_main(rest)
     print(f"fedkit: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

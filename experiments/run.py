@@ -3,7 +3,7 @@
 ``fedkit run`` is :func:`hydra_main` (Hydra's command line: overrides, ``-m`` multirun with
 the joblib launcher); ``fedkit bench`` calls :func:`run_experiment` directly for each point of
 its grid. The record is the one ``fedkit.simulate`` writes (``fedkit.run/1``, see
-:mod:`fedkit.simulation.records`) plus three sections the paper pipeline reads:
+:mod:`fedkit.run.records`) plus three sections the paper pipeline reads:
 
 * ``labels``: ``task``, ``defense``, ``attack``, ``chaos``, ``privacy``, ``seed`` — the names
   a table groups by (group option names; ``None`` where unknown, then :mod:`paper.records`
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.build import as_config, build
 from fedkit import simulate
-from fedkit.simulation.records import write_json
+from fedkit.run.records import write_json
 
 RECORD = "record.json"
 

@@ -9,10 +9,12 @@ this one function (the vectorised engine under ``vmap``, batches padded with wei
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import torch
 
 from fedkit.client import ClientConfig, apply_gradient, per_example_loss
@@ -158,3 +160,32 @@ def dp_local_step(
     loss = (losses * wb).sum() / wb.sum().clamp(min=1)
     params, opt_state = apply_gradient(cfg, params, opt_state, grad, anchor)
     return params, opt_state, loss.detach()
+
+
+@attrs.frozen
+class DPSGDConfig:
+    """The plain DP-SGD setting a ClientConfig carries across the wire (a
+    :class:`fedkit.protocols.DPSGDSetting`): per-example clipping to ``max_grad_norm``,
+    noise multiplier ``noise_multiplier``, Poisson batches of expected size ``batch_size``
+    (rate ``min(1, batch_size / n)``: the rate ``privacy.dpsgd.DPSGD`` uses).
+    (Abadi et al. 2016, Deep Learning with Differential Privacy.)"""
+
+    max_grad_norm: float = attrs.field(converter=float)
+    noise_multiplier: float = attrs.field(converter=float)
+    batch_size: int = attrs.field(converter=int)
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"max_grad_norm must be finite and positive, got {self.max_grad_norm}")
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(
+                f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def sample_rate(self, local_examples: int) -> float:
+        """Poisson rate ``min(1, batch_size / local_examples)``."""
+        if local_examples <= 0:
+            raise ValueError(f"local_examples must be positive, got {local_examples}")
+        return min(1.0, self.batch_size / local_examples)

@@ -1,6 +1,7 @@
-"""Extension points the engines call: adversaries (attacks suite), fault models (chaos
-suite), client DP-SGD settings and privacy accountants (privacy suite). fedkit defines them
-(with no-op defaults where that makes sense); the suites implement them.
+"""Extension points the run driver and its transports call: tasks, adversaries (attacks
+suite), fault models (chaos suite), client DP-SGD settings and privacy accountants (privacy
+suite). fedkit defines them (with no-op defaults where that makes sense); the suites and
+the task builders implement them.
 
 Both are pure: every decision is a function of (round, client, key) and of what the
 adversary may know, so a run is reproducible from its seed.
@@ -8,13 +9,51 @@ adversary may know, so a run is reproducible from its seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
 
+from fedkit.core.flat import ParamSpec
 from fedkit.core.keys import Key
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A federated task: a model as a pure function of flat parameters (``spec``), the
+    clients' data and the server's test metrics.
+
+    * ``name``, ``meta`` (what a record says about it), ``spec``, ``num_clients``;
+    * ``client_size(c)``: examples of client ``c``;
+    * ``init(key)``: initial flat parameters;
+    * ``evaluate(params)``: test metrics of the global model (``test_loss``,
+      ``test_accuracy``, or the task's own);
+    * ``train_client(params, client, cfg, work, key)``: ``(update, num_examples, metrics)``
+      of one client's local training (``metrics`` holds ``loss`` and ``steps``).
+
+    :class:`fedkit.tasks.SupervisedTask` (in-memory classification) is the base the
+    engines train themselves (vectorised, with data poisoning); other tasks (SO-100
+    policies) bring their own ``train_client``.
+    """
+
+    name: str
+    spec: ParamSpec
+    meta: Mapping[str, Any]
+
+    @property
+    def num_clients(self) -> int: ...
+
+    def client_size(self, client: int) -> int: ...
+
+    def init(self, key: Key) -> torch.Tensor: ...
+
+    def evaluate(self, params: torch.Tensor) -> dict[str, float]: ...
+
+    def train_client(
+        self, params: torch.Tensor, client: int, cfg: Any, work: int, key: Key
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]: ...
 
 
 @runtime_checkable

@@ -1,4 +1,4 @@
-"""Run records (``fedkit.run/1`` JSON, :mod:`fedkit.simulation.records`) as flat rows.
+"""Run records (``fedkit.run/1`` JSON, :mod:`fedkit.run.records`) as flat rows.
 
 A :class:`Run` holds what the tables and figures group by (task, defense, attack, fault
 setting, privacy, seed) and what they show (final test accuracy, ε, rounds completed,

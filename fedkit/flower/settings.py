@@ -10,7 +10,9 @@ fixture, see :mod:`fedkit.tasks.so100.run_config`), ``seed``, ``rounds``, ``stra
 (0 = all), ``quorum``; else ``"module:attr"`` naming a :class:`~fedkit.strategy.Strategy`
 or a factory taking ``(settings)``), ``round-deadline`` and ``sample-timeout`` (seconds),
 ``min-nodes`` (0 = the quorum), ``poll-interval`` (s), ``eval-every``, ``checkpoint-dir``,
-``keep-checkpoints``, ``log-dir`` (``""`` = none).
+``keep-checkpoints``, ``log-dir`` (``""`` = none), ``registry`` (the node registry file;
+``""``: ``log-dir/registry.json``), ``resume`` (continue from the newest checkpoint of the
+same configuration; without it the checkpoint directory must be empty).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint-dir": "",
     "keep-checkpoints": 3,
     "log-dir": "",
+    "registry": "",
+    "resume": False,
 }
 
 

@@ -3,8 +3,10 @@
 usage statistics, with its temporary directory under the run directory (under a short
 system temp directory, removed afterwards, when that path is too long for Ray's sockets).
 
-Flower's simulation gives SuperNode ``i`` the node config ``partition-id = i``, which is
-what the ClientApp reads, so results match the deployment and :func:`fedkit.simulate`.
+Flower's simulation engine gives its virtual SuperNodes random node ids; they are
+interchangeable workers over one dataset, so the ClientApp trains the partition of the
+client the server's registry assigned to the node (``assigned_data``), and results match
+the deployment and :func:`fedkit.simulate`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkit.flower.apps import make_client_app, make_server_app
-from fedkit.flower.deploy import FLOWER_ENV
+from fedkit.flower.env import FLOWER_ENV
 
 RAY_TMP_MAX = 40  # longer temp dirs go to a short directory under the system temp dir
 RAY_START_ATTEMPTS = 2  # Ray's node start (not the run) is retried once when it times out
@@ -67,7 +69,7 @@ def run_flower_simulation(
             try:
                 run_simulation(
                     server_app=make_server_app(run_config=config),
-                    client_app=make_client_app(run_config=config),
+                    client_app=make_client_app(run_config=config, assigned_data=True),
                     num_supernodes=nodes,
                     backend_config=backend,
                 )

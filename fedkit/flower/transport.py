@@ -1,156 +1,246 @@
-"""Flat vectors on the wire: a flat tensor <-> a Flower ``ArrayRecord``, with the ParamSpec.
+"""The Flower transport: one round's work goes out as Flower messages through the ServerApp's
+``Grid``, replies come back; the run driver (:func:`fedkit.run.driver.run`) decides the rest.
 
-Both directions carry the model's :class:`~fedkit.core.flat.ParamSpec` as JSON in a
-``ConfigRecord`` next to the arrays, so each side checks that the other speaks about the
-same model. The client side is strict (:func:`read_params` raises on anything unexpected:
-its input comes from the server it chose to trust); the server side is lenient
-(:func:`read_update` never raises: whatever a client sent becomes a payload that
-:func:`fedkit.replies.validate` accepts or rejects with a reason).
+Per round:
+
+1. wait for connected SuperNodes, at most ``sample_timeout`` seconds, until ``min_nodes``
+   are there (Flower's own sampling waits forever for its minimum; this never does), and
+   give new nodes a client id (:class:`~fedkit.flower.registry.NodeRegistry`);
+2. each client the plan asks to train gets one ``train`` message, sent to the node the
+   registry maps to it: the global parameters and their ParamSpec, the round, the client
+   id, its work, the key it trains with (``fold_in(k_clients, client)``, the simulation's)
+   and the strategy's client config as plain data (:mod:`fedkit.flower.wire`). A client
+   without a live node is lost as ``unavailable``;
+3. replies are pulled until all are in or ``round_deadline`` seconds have passed. A reply
+   belongs to the node the message was sent to: one whose sender is another node, or whose
+   payload claims another client, is rejected as ``impersonation``; a second reply to one
+   message is ignored. Error replies (node unavailable, ClientApp error) and missing ones
+   are lost by reason; a node refusing a round (its privacy floor) is lost as ``refused``
+   and counted by reason in the round's ``refusals``. No reply can stop the run.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import math
+import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedkit.client import ClientConfig
 from fedkit.core.flat import ParamSpec
+from fedkit.core.keys import Key
+from fedkit.flower import wire
+from fedkit.flower.registry import NodeRegistry
+from fedkit.replies import Reply
+from fedkit.run.plan import RoundPlan
+from fedkit.run.records import describe
+from fedkit.run.transport import Exchange
+from fedkit.strategy import ServerState, Strategy
 
-PARAMS = "params"
-UPDATE = "update"
-SPEC = "spec"
-NPY_HEADER_SLACK = 4096  # bytes of serialisation overhead allowed beyond the elements
-
-
-class SpecMismatch(ValueError):
-    """The peer's parameters describe another model (ParamSpec or shape differ)."""
-
-
-def to_array_record(flat: torch.Tensor, name: str) -> ArrayRecord:
-    """One flat tensor as an ``ArrayRecord`` holding a single array ``name``."""
-    if not isinstance(flat, torch.Tensor) or flat.ndim != 1:
-        raise ValueError(f"to_array_record expects a 1-D tensor, got {type(flat).__name__}")
-    array = Array(flat.detach().cpu().contiguous().numpy())
-    return ArrayRecord(array_dict={name: array})
+FEDKIT = "fedkit"  # name of the ConfigRecord with the round's bookkeeping
+METRICS = "metrics"
+NODE_UNAVAILABLE = 5  # flwr.common.constant.ErrorCode.NODE_UNAVAILABLE
 
 
-def spec_record(spec: ParamSpec) -> ConfigRecord:
-    """The ParamSpec as a ``ConfigRecord`` (``{"spec": json}``)."""
-    return ConfigRecord({SPEC: spec.to_json()})
+@attrs.frozen
+class LoopConfig:
+    """How the server waits: seconds for nodes to appear (``sample_timeout``) and for
+    replies (``round_deadline``), the nodes it waits for (``min_nodes``) and how often it
+    polls (``poll_interval``)."""
+
+    round_deadline: float = 120.0
+    sample_timeout: float = 60.0
+    min_nodes: int = 1
+    poll_interval: float = 0.2
+
+    def __attrs_post_init__(self) -> None:
+        if self.round_deadline <= 0 or self.sample_timeout < 0 or self.poll_interval <= 0:
+            raise ValueError("round_deadline and poll_interval must be > 0, sample_timeout >= 0")
 
 
-def write_params(content: RecordDict, flat: torch.Tensor, spec: ParamSpec) -> None:
-    """Put the global parameters and their spec into ``content`` (server -> client)."""
-    spec.check(flat, what="global parameters")
-    content[PARAMS] = to_array_record(flat, PARAMS)
-    content[SPEC] = spec_record(spec)
+def wait_for_nodes(grid: Any, minimum: int, timeout: float, poll: float) -> list[int]:
+    """Connected node ids once at least ``minimum`` are there, or whatever is there after
+    ``timeout`` seconds (possibly none)."""
+    end = time.monotonic() + timeout
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() >= end:
+            return nodes
+        time.sleep(poll)
 
 
-def read_params(content: RecordDict, spec: ParamSpec) -> torch.Tensor:
-    """The global parameters sent by the server, checked against the local ``spec``.
-
-    Raises :class:`SpecMismatch` if the server's spec differs from the local one or the
-    vector does not match it."""
-    try:
-        theirs = ParamSpec.from_json(str(content.config_records[SPEC][SPEC]))
-    except KeyError:
-        raise SpecMismatch("the server's message carries no ParamSpec") from None
-    if theirs != spec:
-        raise SpecMismatch("the server's ParamSpec differs from this client's model")
-    record = content.array_records.get(PARAMS)
-    if record is None or list(record.keys()) != [PARAMS]:
-        raise SpecMismatch("the server's message carries no 'params' array")
-    flat = torch.from_numpy(np.array(record[PARAMS].numpy(), copy=True))
-    try:
-        spec.check(flat, what="global parameters")
-    except ValueError as exc:
-        raise SpecMismatch(str(exc)) from None
-    return flat
-
-
-def write_update(content: RecordDict, update: Any, spec: ParamSpec) -> None:
-    """Put a client's update and the client's spec into ``content`` (client -> server).
-    ``update`` is normally a flat tensor; raw bytes are sent as a ``uint8`` array (this is
-    how a broken or malicious client's payload reaches the server)."""
-    if isinstance(update, bytes | bytearray):
-        update = torch.frombuffer(bytearray(update), dtype=torch.uint8)
-    content[UPDATE] = to_array_record(update, UPDATE)
-    content[SPEC] = spec_record(spec)
-
-
-def payload_size(content: RecordDict) -> int:
-    """Bytes of array data in ``content``'s ``update`` record (0 if there is none)."""
-    record = content.array_records.get(UPDATE)
-    if record is None:
-        return 0
-    return sum(array_bytes(a) for a in record.values())
-
-
-def array_bytes(array: Array) -> int:
-    """Bytes of an array's elements (as declared by its dtype and shape; the raw buffer's
-    length when those do not parse), so sizes compare as in the simulation."""
-    try:
-        declared = int(np.dtype(array.dtype).itemsize * math.prod(array.shape))
-    except (TypeError, ValueError):
-        return len(array.data)
-    return max(declared, len(array.data) - NPY_HEADER_SLACK)  # a lying header cannot hide bytes
-
-
-def read_update(content: RecordDict, spec: ParamSpec, max_bytes: int) -> Any:
-    """A client's payload as :func:`fedkit.replies.validate` expects it, never raising:
-    the flat tensor when the message decodes; ``bytes`` of the size sent when it is larger
-    than ``max_bytes`` (not decoded: rejected as ``oversized``); ``None`` when there is no
-    update, the client's spec differs from ``spec``, or the array cannot be decoded
-    (rejected as ``malformed``). Shape and dtype are left to validation."""
-    size = payload_size(content)
-    if size > max_bytes:
-        return bytes(size)  # counted, not decoded
-    try:
-        theirs = ParamSpec.from_json(str(content.config_records[SPEC][SPEC]))
-        record = content.array_records[UPDATE]
-        if theirs != spec or list(record.keys()) != [UPDATE]:
-            return None
-        array = record[UPDATE].numpy()
-        if array.dtype.kind not in "fiub":
-            return None
-        return torch.from_numpy(np.array(array, copy=True))
-    except Exception:
-        return None
-
-
-def client_config_to_json(cfg: ClientConfig) -> str:
-    """The strategy's client config as the JSON of a ``train`` message. A DP-SGD setting
-    (an attrs class) travels as its ``"module:Class"`` path and fields, so the ClientApp
-    trains with the very same setting (:func:`client_config_from_json`)."""
-    fields = attrs.asdict(cfg, recurse=False)
-    setting = fields.pop("dp_sgd")
-    fields["betas"] = list(fields["betas"])
-    if setting is not None:
-        cls = type(setting)
-        if not attrs.has(cls):
-            raise TypeError(f"dp_sgd must be an attrs class to travel, got {cls.__name__}")
-        fields["dp_sgd"] = {
-            "class": f"{cls.__module__}:{cls.__qualname__}",
-            "fields": attrs.asdict(setting),
+def train_message(
+    node: int,
+    params: torch.Tensor,
+    spec: ParamSpec,
+    strategy: Strategy,
+    *,
+    r: int,
+    client: int,
+    work: int,
+    key: Key,
+    ttl: float,
+) -> Message:
+    """The ``train`` message of round ``r`` asking ``node`` to train as ``client``."""
+    content = RecordDict()
+    wire.write_params(content, params, spec)
+    content[FEDKIT] = ConfigRecord(
+        {
+            "round": r,
+            "client": client,
+            "work": work,
+            "key": key.to_hex(),
+            "client-config": wire.client_config_to_json(strategy.client),
         }
-    return json.dumps(fields)
+    )
+    return Message(
+        content=content, dst_node_id=node, message_type="train", group_id=str(r), ttl=ttl
+    )
 
 
-def client_config_from_json(text: str) -> ClientConfig:
-    """Inverse of :func:`client_config_to_json` (the DP-SGD setting's class is imported by
-    its path; :class:`ClientConfig` checks that it is a
-    :class:`fedkit.protocols.DPSGDSetting`)."""
-    fields = json.loads(text)
-    setting = fields.pop("dp_sgd", None)
-    if setting is not None:
-        module, _, name = str(setting["class"]).partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        fields["dp_sgd"] = cls(**setting["fields"])
-    return ClientConfig(**fields)
+def to_reply(message: Message, client: int, spec: ParamSpec, max_bytes: int) -> Reply:
+    """A successful reply message as a :class:`~fedkit.replies.Reply` from ``client`` (the
+    client of the node the server sent to); never raises."""
+    content = message.content
+    book = content.config_records.get(FEDKIT, ConfigRecord())
+    stats = content.metric_records.get(METRICS, {})
+    tag = book.get("round")
+    n = stats.get("num-examples")
+    return Reply(
+        client=client,
+        round=tag if isinstance(tag, int) else -1,
+        update=wire.read_update(content, spec, max_bytes),
+        num_examples=n if isinstance(n, int) else -1,
+        metrics={k: float(v) for k, v in stats.items() if isinstance(v, int | float)},
+    )
+
+
+@attrs.define(eq=False)
+class FlowerTransport:
+    """Moves rounds over a Flower ``grid`` (module doc); ``registry`` maps nodes to
+    clients (kept in ``registry_path``)."""
+
+    grid: Any
+    config: LoopConfig = attrs.field(factory=LoopConfig)
+    registry: NodeRegistry = attrs.field(factory=NodeRegistry)
+    name: str = "flower-deployment"
+    run: Any = None
+    max_bytes: int = 0
+
+    @classmethod
+    def with_registry(
+        cls, grid: Any, config: LoopConfig, registry_path: str | Path | None
+    ) -> FlowerTransport:
+        return cls(grid, config, NodeRegistry.load(registry_path))
+
+    def start(self, run: Any) -> None:
+        self.run = run
+        spec: ParamSpec = run.spec
+        limit = run.strategy.max_reply_bytes
+        self.max_bytes = limit if limit is not None else 2 * spec.size * spec.torch_dtype.itemsize
+
+    def stop(self) -> None:
+        self.run = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "requested": "flower",
+            "loop": describe(self.config),
+            "registry": self.registry.describe(),
+            "faults": None,
+            "checkpoint_every": None,
+        }
+
+    def exchange(self, state: ServerState, plan: RoundPlan) -> Exchange:
+        cfg, run = self.config, self.run
+        t0 = time.perf_counter()
+        live = wait_for_nodes(
+            self.grid, max(cfg.min_nodes, 1), cfg.sample_timeout, cfg.poll_interval
+        )
+        self.registry.assign(live, run.num_clients)
+        sample_time = time.perf_counter() - t0
+        asked = plan.asked
+        lost: Counter[str] = Counter({"straggler": int((plan.work <= 0).sum())})
+        live_set = set(live)
+        messages, client_of_message = [], []
+        for c, w in asked.items():
+            node = self.registry.node_of(c)
+            if node is None or node not in live_set:
+                lost["unavailable"] += 1
+                continue
+            messages.append(
+                train_message(
+                    node,
+                    state.params,
+                    run.spec,
+                    run.strategy,
+                    r=plan.round,
+                    client=c,
+                    work=w,
+                    key=plan.keys.client(c),
+                    ttl=cfg.round_deadline + 30.0,
+                )
+            )
+            client_of_message.append(c)
+        ids = list(self.grid.push_messages(messages)) if messages else []
+        sent = {
+            mid: (int(m.metadata.dst_node_id), c)
+            for mid, m, c in zip(ids, messages, client_of_message, strict=True)
+        }
+        arrived = self.collect(sent, time.monotonic() + cfg.round_deadline)
+        replies: list[Reply] = []
+        rejected: Counter[str] = Counter()
+        refusals: Counter[str] = Counter()
+        stats: dict[int, tuple[float, int]] = {}
+        answered: set[str] = set()
+        for message in arrived:
+            mid = message.metadata.reply_to_message_id
+            node, client = sent[mid]
+            answered.add(mid)
+            if message.has_error():
+                unavailable = message.error.code == NODE_UNAVAILABLE
+                lost["node_unavailable" if unavailable else "client_error"] += 1
+                continue
+            book = message.content.config_records.get(FEDKIT, ConfigRecord())
+            claimed = book.get("client")
+            if int(message.metadata.src_node_id) != node or claimed != client:
+                rejected["impersonation"] += 1
+                continue
+            if book.get("refused"):
+                lost["refused"] += 1
+                refusals[str(book.get("refused"))] += 1
+                continue
+            reply = to_reply(message, client, run.spec, self.max_bytes)
+            replies.append(reply)
+            loss = reply.metrics.get("loss", float("nan"))
+            stats[client] = (float(loss), int(reply.num_examples))
+        lost["late"] += len(set(sent) - answered)
+        metrics: dict[str, Any] = {"nodes": len(live), "sample_time": sample_time}
+        if refusals:
+            metrics["refusals"] = dict(refusals)
+        return Exchange(
+            replies=replies,
+            lost={k: v for k, v in lost.items() if v},
+            rejected=dict(rejected),
+            client_stats=stats,
+            metrics=metrics,
+        )
+
+    def collect(self, sent: dict[str, tuple[int, int]], deadline: float) -> list[Message]:
+        """Pull replies until every message has one or ``deadline``; at most one reply per
+        message (the first) is kept."""
+        waiting, out = set(sent), []
+        while waiting:
+            for reply in self.grid.pull_messages(list(waiting)):
+                mid = reply.metadata.reply_to_message_id
+                if mid in waiting:
+                    waiting.discard(mid)
+                    out.append(reply)
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(self.config.poll_interval)
+        return out

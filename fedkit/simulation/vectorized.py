@@ -38,19 +38,19 @@ from fedkit.client_dp import (
 )
 from fedkit.core.keys import key as root_key
 from fedkit.simulation.jobs import ClientJob, LocalResults
+from fedkit.tasks.base import SupervisedTask
 
 
 def vmap_blocker(task: Any, cfg: ClientConfig) -> str | None:
     """Why ``task`` cannot be trained by the vectorised engine, or ``None`` if it can.
 
-    Tasks with their own training loop, models with batch-norm running statistics, and
+    Tasks other than a :class:`~fedkit.tasks.SupervisedTask` (they bring their own training
+    loop), models with batch-norm running statistics, and
     models whose step fails under ``vmap`` (found by a probe on two one-example clients)
     are blocked."""
-    if getattr(task, "train_client", None) is not None:
+    if not isinstance(task, SupervisedTask):
         return "the task has its own training loop (train_client)"
-    if getattr(task, "client_x", None) is None or getattr(task, "apply", None) is None:
-        return "the task is not a supervised task (no client_x / apply)"
-    if updates_buffers(getattr(task, "module", None)):
+    if updates_buffers(task.module):
         return "the model updates batch-norm running statistics in its forward pass"
     donor = next((i for i, x in enumerate(task.client_x) if x.shape[0] > 0), None)
     if donor is None:

@@ -1,9 +1,10 @@
 """What a task is: a model as a pure function of flat parameters, plus client data.
 
 :class:`SupervisedTask` covers in-memory classification tasks (digits, fashion-MNIST,
-Synthetic); the simulation engines train it sequentially or vectorised. Tasks with their
-own training loop (SO-100 policies) implement the same attributes plus their own
-``train_client`` / ``evaluate`` (see :mod:`fedkit.simulation`).
+Synthetic) and implements :class:`fedkit.protocols.Task`; the simulation engines train it
+sequentially or vectorised (its data is what an adversary may poison). Tasks with their
+own training loop (SO-100 policies) implement the protocol with their own ``train_client``
+and ``evaluate``.
 """
 
 from __future__ import annotations
@@ -92,3 +93,34 @@ class SupervisedTask:
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, y)
+
+    def train_client(
+        self, params: torch.Tensor, client: int, cfg: Any, work: int, key: Key
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        """Client ``client``'s local training on its own data
+        (:func:`fedkit.training.train_local`): ``(update, examples, {"loss", "steps"})``."""
+        from fedkit.training import train_local
+
+        x, y = self.client_x[client], self.client_y[client]
+        if work <= 0 or x.shape[0] == 0:
+            return torch.zeros_like(params), int(x.shape[0]), {"loss": float("nan"), "steps": 0}
+        with torch.no_grad():
+            update, loss, steps = train_local(self, params, x, y, work, key, cfg)
+        return update, int(x.shape[0]), {"loss": loss, "steps": steps}
+
+    def evaluate(self, params: torch.Tensor, *, batch: int = 4096) -> dict[str, float]:
+        """Mean test loss and accuracy of ``argmax`` predictions on ``test_x, test_y``
+        (chunks of ``batch`` examples); ``{}`` without a test set."""
+        x, y = self.test_x, self.test_y
+        n = int(x.shape[0])
+        if n == 0:
+            return {}
+        loss = torch.zeros((), dtype=torch.float64)
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, n, batch):
+                xb, yb = x[start : start + batch], y[start : start + batch]
+                logits = self.apply(params, xb)
+                loss += self.loss(logits, yb).to(torch.float64) * yb.shape[0]
+                correct += int((logits.argmax(dim=-1) == yb).sum())
+        return {"test_loss": float(loss / n), "test_accuracy": correct / n}

@@ -16,7 +16,7 @@ from strategies import keys
 import chaos
 import fedkit
 from fedkit.protocols import FAULT_KINDS, FaultKind, FaultModel, FaultPlan, NoFaults
-from fedkit.simulation.records import describe
+from fedkit.run.records import describe
 
 MODELS = [
     chaos.Dropout(0.3),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkit.flower.deploy import FLOWER_ENV
+from fedkit.flower.env import FLOWER_ENV
 
 os.environ.update(FLOWER_ENV)
 

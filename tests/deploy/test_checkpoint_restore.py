@@ -7,7 +7,7 @@ import torch
 
 from fedkit.core.flat import spec_of
 from fedkit.core.keys import key
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.run import checkpoint as ckpt
 
 SPEC = spec_of({"w": torch.zeros(2, 3)})
 OTHER_SPEC = spec_of({"w": torch.zeros(3, 3)})

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import needs_flower
 
-from fedkit.flower.deploy import LocalDeployment, Node
+from fedkit.flower.local import LocalDeployment, Node
 from fedkit.flower.pki import make_node_key, make_server_pki
 from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.run import checkpoint as ckpt
 from fedkit.simulation import simulate
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow, needs_flower, pytest.mark.timeout(1800)]
@@ -109,14 +109,14 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
 
 def test_a_node_with_an_unregistered_key_is_refused(deployment):
     node = extra_node(deployment, "intruder")
-    from fedkit.flower.deploy import free_port
+    from fedkit.flower.local import free_port
 
     node.port = free_port()
     proc = deployment._spawn(deployment.node_cmd(node), deployment.env(node.home), "intruder.log")
     try:
         code = wait_exit(proc, 300)
     finally:
-        from fedkit.flower.deploy import stop_group
+        from fedkit.flower.local import stop_group
 
         stop_group(proc)
     assert code is not None and code != 0, "an unregistered SuperNode must be refused"
@@ -126,7 +126,7 @@ def test_a_node_with_an_unregistered_key_is_refused(deployment):
 
 
 def test_a_client_without_the_ca_cannot_connect(deployment, tmp_path):
-    from fedkit.flower.deploy import free_port, stop_group
+    from fedkit.flower.local import free_port, stop_group
 
     other_ca = make_server_pki(tmp_path / "other").ca
     node = deployment.node_list[0]

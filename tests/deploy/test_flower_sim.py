@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.run import checkpoint as ckpt
 from fedkit.simulation import simulate
 
 pytestmark = [
@@ -36,7 +36,7 @@ def test_flower_simulation_matches_in_process_simulation(tmp_path):
 
 
 def test_deploy_sim_command_runs_the_app_on_flowers_simulation(tmp_path, capsys):
-    from fedkit.flower.deploy import main
+    from experiments.deploy_cli import main
 
     run_dir = str(tmp_path / "run")
     deadline = "round-deadline=600.0"

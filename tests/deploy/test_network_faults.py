@@ -21,9 +21,9 @@ import torch
 from conftest import needs_flower
 
 from chaos import netns
-from fedkit.flower.deploy import LocalDeployment
+from fedkit.flower.local import LocalDeployment
 from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.run import checkpoint as ckpt
 from fedkit.simulation import simulate
 
 pytestmark = [

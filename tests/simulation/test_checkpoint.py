@@ -11,8 +11,8 @@ from faults_for_tests import PowerCut, Scripted, without_times
 from helpers import strategy, tiny_task
 
 import fedkit
+from fedkit.run import checkpoint as ckpt
 from fedkit.simulation import CheckpointError
-from fedkit.simulation import checkpoint as ckpt
 from fedkit.strategy import ServerState
 
 

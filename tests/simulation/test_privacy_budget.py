@@ -12,7 +12,7 @@ from helpers import tiny_task
 import fedkit
 from fedkit.aggregators import Mean
 from fedkit.client import num_steps
-from fedkit.simulation import checkpoint as ckpt
+from fedkit.run import checkpoint as ckpt
 from privacy.accounting import epsilon, epsilon_of_history
 from privacy.budget import CentralDPAccountant, DPSGDAccountant
 from privacy.dpsgd import DPSGD

@@ -246,6 +246,7 @@ class PullTowardsTargets:
 
     targets: torch.Tensor
     name = "pull"
+    meta = {}  # noqa: RUF012
 
     @property
     def num_clients(self):
@@ -254,6 +255,9 @@ class PullTowardsTargets:
     @property
     def spec(self):
         return fedkit.spec_of({"w": self.targets[0]})
+
+    def client_size(self, client):
+        return 1
 
     def init(self, key):
         return torch.zeros(self.targets.shape[1])

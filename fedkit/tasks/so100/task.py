@@ -86,9 +86,12 @@ def _as_list(value: Any) -> list:
 class So100Task:
     """An SO-100 task: clients, the policy, local training and evaluation.
 
-    Interface used by the engines: :attr:`num_clients`, :attr:`spec`, :meth:`client_size`,
-    :meth:`init`, :meth:`train_client`, :meth:`evaluate`; plus :meth:`save_pretrained`.
+    Implements :class:`fedkit.protocols.Task` (:attr:`name`, :attr:`meta`, :attr:`spec`,
+    :attr:`num_clients`, :meth:`client_size`, :meth:`init`, :meth:`train_client`,
+    :meth:`evaluate`); plus :meth:`save_pretrained`.
     """
+
+    name = "so100"
 
     def __init__(self, config: So100Config, key: Key) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
@@ -128,6 +131,18 @@ class So100Task:
         self._cache: dict[tuple[int, int], dict] = {}
 
     # ----------------------------------------------------------------- engine interface
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What a results record says about the task: policy, sources and split."""
+        c = self.config
+        return {
+            "policy": c.policy,
+            "repo_id": list(c.repo_id),
+            "split": c.split,
+            "episodes": len(self.episodes),
+            "holdout_episodes": len(self.holdout_episodes),
+        }
+
     @property
     def num_clients(self) -> int:
         return len(self.client_episodes)

@@ -1,12 +1,10 @@
-"""A rich progress bar for simulation rounds (on stderr): round, latest accuracy, ETA."""
+"""A rich progress bar over a run's rounds (on stderr): round, latest accuracy, ETA. rich is
+imported only when a bar is shown (it is not a dependency of the core)."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class RoundProgress:
@@ -17,11 +15,20 @@ class RoundProgress:
     ):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.total, self.done, self.label = total, done, label
-        self._bar: Progress | None = None
+        self._bar: Any = None
         self._task: Any = None
 
     def __enter__(self) -> RoundProgress:
         if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

@@ -9,7 +9,7 @@ from cryptography import x509
 from flwr.app import ArrayRecord, RecordDict
 
 from fedkit.core.flat import spec_of
-from fedkit.flower import transport
+from fedkit.flower import wire
 from fedkit.flower.pki import make_node_key, make_server_pki
 from fedkit.flower.settings import DEFAULTS, Settings, build_strategy
 from fedkit.replies import validate
@@ -24,31 +24,31 @@ def flat(seed: int = 0, dtype=np.float32) -> torch.Tensor:
 def test_params_round_trip_bit_exact():
     x = flat()
     content = RecordDict()
-    transport.write_params(content, x, SPEC)
-    assert torch.equal(transport.read_params(content, SPEC), x)
+    wire.write_params(content, x, SPEC)
+    assert torch.equal(wire.read_params(content, SPEC), x)
 
 
 def test_client_refuses_another_model():
     content = RecordDict()
-    transport.write_params(content, flat(), SPEC)
+    wire.write_params(content, flat(), SPEC)
     other = spec_of({"w": torch.zeros(4, 2)})
-    with pytest.raises(transport.SpecMismatch, match="differs"):
-        transport.read_params(content, other)
+    with pytest.raises(wire.SpecMismatch, match="differs"):
+        wire.read_params(content, other)
 
 
 def test_client_refuses_a_vector_that_does_not_fit_the_spec():
     content = RecordDict()
-    transport.write_params(content, flat(), SPEC)
-    content[transport.PARAMS] = transport.to_array_record(flat()[:5], transport.PARAMS)
-    with pytest.raises(transport.SpecMismatch):
-        transport.read_params(content, SPEC)
+    wire.write_params(content, flat(), SPEC)
+    content[wire.PARAMS] = wire.to_array_record(flat()[:5], wire.PARAMS)
+    with pytest.raises(wire.SpecMismatch):
+        wire.read_params(content, SPEC)
 
 
 def test_update_round_trip_and_validation_accepts_it():
     u = flat(1)
     content = RecordDict()
-    transport.write_update(content, u, SPEC)
-    got = transport.read_update(content, SPEC, max_bytes=10**6)
+    wire.write_update(content, u, SPEC)
+    got = wire.read_update(content, SPEC, max_bytes=10**6)
     assert torch.equal(got, u)
 
 
@@ -64,9 +64,9 @@ def test_update_round_trip_and_validation_accepts_it():
 )
 def test_malformed_updates_reach_validation_and_are_rejected(payload, reason):
     content = RecordDict()
-    transport.write_update(content, payload, SPEC)
+    wire.write_update(content, payload, SPEC)
     limit = 2 * SPEC.size * 4
-    update = transport.read_update(content, SPEC, max_bytes=limit)
+    update = wire.read_update(content, SPEC, max_bytes=limit)
     from fedkit.replies import Reply
 
     check = validate(
@@ -81,14 +81,14 @@ def test_malformed_updates_reach_validation_and_are_rejected(payload, reason):
 
 def test_update_without_spec_or_with_extra_arrays_is_malformed():
     content = RecordDict()
-    content[transport.UPDATE] = transport.to_array_record(flat(), transport.UPDATE)
-    assert transport.read_update(content, SPEC, max_bytes=10**6) is None
+    content[wire.UPDATE] = wire.to_array_record(flat(), wire.UPDATE)
+    assert wire.read_update(content, SPEC, max_bytes=10**6) is None
     content = RecordDict()
-    transport.write_update(content, flat(), SPEC)
-    content[transport.UPDATE] = ArrayRecord(
+    wire.write_update(content, flat(), SPEC)
+    content[wire.UPDATE] = ArrayRecord(
         numpy_ndarrays=[np.zeros(SPEC.size, np.float32), np.zeros(1, np.float32)]
     )
-    assert transport.read_update(content, SPEC, max_bytes=10**6) is None
+    assert wire.read_update(content, SPEC, max_bytes=10**6) is None
 
 
 def test_server_certificate_covers_loopback_names(tmp_path):
@@ -121,7 +121,8 @@ def test_settings_defaults_and_strategy():
 
 
 def test_deploy_cli_parses_overrides_and_defaults_to_tls_with_auth(tmp_path):
-    from fedkit.flower.deploy import LocalDeployment, parse_args, parse_overrides, toml_value
+    from experiments.deploy_cli import parse_args, parse_overrides
+    from fedkit.flower.local import LocalDeployment, toml_value
 
     args = parse_args(["local", "--nodes", "2", "-c", "lr=0.1", "-c", 'task="digits"'])
     assert (args.nodes, args.insecure, args.no_auth) == (2, False, False)
@@ -143,7 +144,7 @@ def test_client_config_travels_unchanged_including_its_dp_sgd_setting(with_dp):
 
     dp = DPSGD(max_grad_norm=0.7, noise_multiplier=1.3, batch_size=8) if with_dp else None
     cfg = ClientConfig(epochs=2, lr=0.1, optimizer="adam", betas=(0.8, 0.9), dp_sgd=dp)
-    back = transport.client_config_from_json(transport.client_config_to_json(cfg))
+    back = wire.client_config_from_json(wire.client_config_to_json(cfg))
     assert back == cfg and type(back.dp_sgd) is type(cfg.dp_sgd)
 
 
@@ -157,4 +158,4 @@ def test_a_dp_sgd_setting_that_cannot_travel_is_refused():
             return min(1.0, 4 / n)
 
     with pytest.raises(TypeError, match="attrs class"):
-        transport.client_config_to_json(ClientConfig(dp_sgd=PlainSetting()))
+        wire.client_config_to_json(ClientConfig(dp_sgd=PlainSetting()))

@@ -9,7 +9,7 @@ the reason, and the next older checkpoint is used instead.
 
 A directory holds the checkpoints of one run: saving round ``r`` removes any checkpoint of
 a later round (another run's leftovers, or rounds a restart abandoned), :func:`restore`
-(used by :func:`fedkit.simulate` and the Flower ServerApp) never goes past the round asked
+(used by the run driver, :class:`fedkit.run.callbacks.Checkpoints`) never goes past the round asked
 for and refuses checkpoints of another run key or model, and :func:`require_fresh` lets a
 run that does not resume refuse a directory that already holds checkpoints.
 """
@@ -173,13 +173,16 @@ def require_fresh(directory: str | Path) -> None:
 @attrs.frozen(eq=False)
 class Restored:
     """What a run continues from: its server ``state``, the metrics ``history`` and
-    ``events`` so far, and the whole saved ``tree`` (extra entries such as a privacy ledger;
-    ``{}`` when starting fresh)."""
+    ``events`` so far, the whole saved ``tree`` (extra entries such as a privacy ledger;
+    ``{}`` when starting fresh), and the checkpoint's ``meta`` and ``path`` (``None`` when
+    starting fresh)."""
 
     state: Any
     history: list[dict]
     events: list[dict]
     tree: dict
+    meta: dict | None = None
+    path: Path | None = None
 
 
 def restore(
@@ -206,5 +209,10 @@ def restore(
         raise CheckpointError(f"{found.path} holds parameters of another model (ParamSpec differs)")
     meta = found.meta
     return Restored(
-        found.tree["state"], list(meta["history"]), list(meta.get("events", [])), found.tree
+        found.tree["state"],
+        list(meta["history"]),
+        list(meta.get("events", [])),
+        found.tree,
+        meta,
+        found.path,
     )

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from fedkit.core.flat import ParamSpec
-from fedkit.simulation.records import write_json
+from fedkit.run.records import write_json
 from fedkit.strategy import ServerState
 
 
@@ -19,7 +19,7 @@ from fedkit.strategy import ServerState
 class History:
     """Per-round metrics (``metrics``: list of dicts), the final flat parameters and their
     :class:`ParamSpec`, the final server state, the run's results record (``record``, see
-    :mod:`fedkit.simulation.records`) and events such as server crashes."""
+    :mod:`fedkit.run.records`) and events such as server crashes."""
 
     metrics: list[dict[str, Any]]
     final_params: torch.Tensor

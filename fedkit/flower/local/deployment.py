@@ -1,0 +1,449 @@
+"""``LocalDeployment``: a whole Flower federation on this machine, torn down afterwards.
+
+It makes a CA, a server certificate (localhost, 127.0.0.1, ::1) and one OpenSSH key per node
+(:mod:`fedkit.flower.pki`); starts ``flower-superlink`` with TLS, ``--enable-supernode-auth``
+and a ``--database``; registers the node keys (Control API ``RegisterNode``, what ``flwr
+supernode register`` does); starts the SuperNodes, each with its own ``FLWR_HOME``, runtime
+port and ``partition-id``; submits the app (:mod:`fedkit.flower.local.staging`) and follows
+the run until ``finished:*``. TLS + node authentication is the default; ``insecure=True``
+(no TLS, hence no node auth) or ``auth=False`` must be asked for.
+
+Run status and SuperLink readiness are asked in-process through Flower's Control API
+(:mod:`fedkit.flower.local.control`) whenever this process can reach the SuperLink, and
+through the ``flwr`` CLI, polled slowly, only when it cannot (a SuperLink inside a network
+namespace).
+
+Every process runs in its own session (process group): SuperLink → superexec → serverapp,
+SuperNode → superexec → clientapp; :meth:`LocalDeployment.close` (also on ``with`` exit)
+sends SIGTERM to each group, then SIGKILL, then kills what is left of the deployment by its
+environment tag. Every Flower process gets :data:`fedkit.flower.env.FLOWER_ENV` and, unless
+the caller's environment says otherwise, :data:`fedkit.flower.env.OFFLINE_ENV`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from fedkit.flower.env import FLOWER_ENV, OFFLINE_ENV
+from fedkit.flower.local.control import FEDERATION, ControlClient
+from fedkit.flower.local.processes import (
+    MARKER,
+    DeployError,
+    flower_bin,
+    free_port,
+    stop_group,
+    tagged_pids,
+)
+from fedkit.flower.local.staging import FEDKIT_APP, AppSource, toml_value
+from fedkit.flower.pki import ServerPKI, make_node_key, make_server_pki
+from fedkit.flower.registry import NodeRegistry
+from fedkit.run import checkpoint as ckpt
+
+
+@attrs.define(eq=False)
+class Node:
+    index: int
+    home: Path
+    port: int
+    key: Path | None
+    public_key: Path | None
+    node_config: dict[str, Any]
+    proc: subprocess.Popen | None = None
+    node_id: int | None = None
+
+
+@attrs.define(eq=False)
+class LocalDeployment:
+    """A SuperLink and ``nodes`` SuperNodes under ``run_dir`` (see the module doc).
+
+    ``node_configs[i]`` adds keys to node ``i``'s ``--node-config`` (``partition-id=i`` is
+    always set). ``server_wrap`` / ``node_wrap`` prefix the SuperLink's (and the ``flwr``
+    CLI's) and the nodes' commands (e.g. ``["ip", "netns", "exec", NS]``); ``host`` is the
+    address the SuperLink listens on, ``advertise`` (default ``host``) the one nodes and the
+    CLI dial (added to the server certificate)."""
+
+    run_dir: Path = attrs.field(converter=Path)
+    nodes: int = 3
+    insecure: bool = False
+    auth: bool = True
+    app: AppSource = attrs.field(factory=lambda: FEDKIT_APP)
+    host: str = "127.0.0.1"
+    node_configs: Sequence[Mapping[str, Any]] = ()
+    server_wrap: Sequence[str] = ()
+    node_wrap: Sequence[str] = ()
+    extra_hosts: Sequence[str] = ()
+    advertise: str | None = None
+    port: int = 0
+    pki: ServerPKI | None = None
+    superlink: subprocess.Popen | None = None
+    node_list: list[Node] = attrs.field(factory=list)
+    logs: list[Any] = attrs.field(factory=list)
+    token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    control: ControlClient | None = None
+    staged_app: Path | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"a deployment needs at least one node, got {self.nodes}")
+        if self.insecure and self.auth:
+            self.auth = False  # node authentication needs TLS
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- environment -------------------------------------------------------------------
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        home.mkdir(parents=True, exist_ok=True)
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**OFFLINE_ENV, **os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": path}
+        env.update(extra)
+        return {**env, MARKER: self.token}
+
+    @property
+    def cli_home(self) -> Path:
+        return self.run_dir / "cli"
+
+    @property
+    def address(self) -> str:
+        """What nodes and the CLI dial: ``advertise`` (else ``host``) and the port."""
+        dial = self.advertise or self.host
+        host = f"[{dial}]" if ":" in dial else dial
+        return f"{host}:{self.port}"
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
+        out = open(self.run_dir / log, "ab")
+        self.logs.append(out)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.run_dir,
+        )
+
+    def flwr(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
+        """Run the ``flwr`` CLI against this deployment; its stdout."""
+        done = subprocess.run(
+            [*self.server_wrap, flower_bin("flwr"), *args],
+            env=self.env(self.cli_home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.run_dir,
+        )
+        if check and done.returncode != 0:
+            raise DeployError(
+                f"flwr {' '.join(args)} failed ({done.returncode}): "
+                f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+        return done.stdout
+
+    # ---- setup -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Certificates, node keys, ports and the CLI's federation config."""
+        if self.port == 0:
+            self.port = free_port("::1" if ":" in self.host else "127.0.0.1")
+        if not self.insecure:
+            hosts = ("localhost", "127.0.0.1", "::1", self.address.rsplit(":", 1)[0].strip("[]"))
+            hosts = (*hosts, *self.extra_hosts)
+            self.pki = make_server_pki(self.run_dir / "pki", dict.fromkeys(hosts))
+        for i in range(self.nodes):
+            key = pub = None
+            if self.auth:
+                key, pub = make_node_key(self.run_dir / "pki", f"node{i}")
+            extra = dict(self.node_configs[i]) if i < len(self.node_configs) else {}
+            self.node_list.append(
+                Node(
+                    i,
+                    self.run_dir / f"node{i}",
+                    free_port(),
+                    key,
+                    pub,
+                    {"partition-id": i, **extra},
+                )
+            )
+        conn = [f"[superlink.{FEDERATION}]", f'address = "{self.address}"']
+        if self.insecure:
+            conn.append("insecure = true")
+        else:
+            conn.append(f'root-certificates = "{self.pki.ca}"')
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        (self.cli_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{FEDERATION}"\n\n' + "\n".join(conn) + "\n"
+        )
+        self.staged_app = self.app.stage(self.run_dir / "app")
+
+    def superlink_cmd(self) -> list[str]:
+        cmd = [
+            *self.server_wrap,
+            flower_bin("flower-superlink"),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.run_dir / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.insecure:
+            return [*cmd, "--insecure"]
+        cmd += ["--ssl-ca-certfile", str(self.pki.ca), "--ssl-certfile", str(self.pki.cert)]
+        cmd += ["--ssl-keyfile", str(self.pki.key)]
+        return [*cmd, "--enable-supernode-auth"] if self.auth else cmd
+
+    def start_superlink(self, timeout: float = 60.0) -> float:
+        """Start the SuperLink (same database on a restart); seconds until it answers."""
+        t0 = time.monotonic()
+        self.superlink = self._spawn(
+            self.superlink_cmd(), self.env(self.run_dir / "superlink"), "superlink.log"
+        )
+        self.wait_superlink(timeout)
+        return time.monotonic() - t0
+
+    @property
+    def reachable(self) -> bool:
+        """Whether this process can dial the SuperLink (not inside another namespace)."""
+        return not self.server_wrap
+
+    def wait_superlink(self, timeout: float) -> None:
+        """Until the SuperLink answers a Control API call: its port first (cheap), then
+        ``ListRuns`` (in-process where reachable, else ``flwr ls``)."""
+        end = time.monotonic() + timeout
+        while True:
+            if self.superlink.poll() is not None:
+                raise DeployError(
+                    f"flower-superlink exited with {self.superlink.returncode}; "
+                    f"see {self.run_dir / 'superlink.log'}"
+                )
+            try:
+                if self.reachable:
+                    host, port = self.address.rsplit(":", 1)
+                    with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                        pass
+                    self.controller().runs()
+                    return
+                out = self.flwr("ls", FEDERATION, "--format", "json", timeout=30)
+                if json.loads(out).get("success", False):
+                    return
+                raise DeployError(out)
+            except Exception:
+                self.drop_controller()
+                if time.monotonic() > end:
+                    raise DeployError(
+                        f"SuperLink not answering after {timeout} s; see superlink.log"
+                    ) from None
+                time.sleep(0.1 if self.reachable else 1.0)
+
+    def controller(self) -> ControlClient:
+        """The in-process Control API client (made on first use)."""
+        if self.control is None:
+            self.control = ControlClient(self.cli_home)
+        return self.control
+
+    def drop_controller(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def register(self, public_key: Path) -> int:
+        """Register one node key with the SuperLink (``flwr supernode register``); the node
+        id the SuperLink bound to it."""
+        if self.reachable:
+            return self.controller().register_node(public_key)
+        out = self.flwr("supernode", "register", str(public_key), FEDERATION, "--format", "json")
+        try:
+            return int(json.loads(out)["node-id"])
+        except (ValueError, KeyError, TypeError):
+            raise DeployError(f"flwr supernode register gave no node id: {out[-2000:]}") from None
+
+    @property
+    def registry_path(self) -> Path:
+        """The server's node registry (:mod:`fedkit.flower.registry`), provisioned at start
+        with node ``i``'s registered id → client ``i``."""
+        return self.run_dir / "registry.json"
+
+    def node_cmd(self, node: Node, key: Path | None = None) -> list[str]:
+        config = " ".join(f"{k}={toml_value(v)}" for k, v in node.node_config.items())
+        cmd = [
+            *self.node_wrap,
+            flower_bin("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--port",
+            str(node.port),
+            "--node-config",
+            config,
+            "--max-retries",
+            "1000",
+            "--max-wait-time",
+            "600",
+        ]
+        if self.insecure:
+            return [*cmd, "--insecure"]
+        cmd += ["--root-certificates", str(self.pki.ca)]
+        key = key if key is not None else node.key
+        if key is not None:
+            cmd += ["--auth-supernode-private-key", str(key)]
+        return cmd
+
+    def start_node(self, i: int) -> None:
+        node = self.node_list[i]
+        node.proc = self._spawn(self.node_cmd(node), self.env(node.home), f"node{i}.log")
+
+    def start(self) -> LocalDeployment:
+        """Prepare, start the SuperLink, register the nodes and start them."""
+        self.prepare()
+        self.start_superlink()
+        provision = {}
+        for node in self.node_list:
+            if node.public_key is not None:
+                node.node_id = self.register(node.public_key)
+                provision[node.node_id] = int(node.node_config.get("partition-id", node.index))
+        for i in range(self.nodes):
+            self.start_node(i)
+        if not self.auth:  # no registration: the node ids appear when the nodes connect
+            for node in self.node_list:
+                node.node_id = self.wait_node_id(node)
+                provision[node.node_id] = int(node.node_config.get("partition-id", node.index))
+        if provision:
+            NodeRegistry.load(self.registry_path).provision(provision)
+        return self
+
+    def wait_node_id(self, node: Node, timeout: float = 120.0) -> int:
+        """The node id SuperNode ``node`` got when it connected (from its log)."""
+        log = self.run_dir / f"node{node.index}.log"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            for line in reversed(text.splitlines()):
+                if "SuperNode ID:" in line:
+                    return int(line.rsplit("SuperNode ID:", 1)[1].split()[0])
+            if node.proc is not None and node.proc.poll() is not None:
+                raise DeployError(f"SuperNode {node.index} exited; see {log}")
+            time.sleep(0.2)
+        raise DeployError(f"SuperNode {node.index} has no node id after {timeout} s; see {log}")
+
+    # ---- runs --------------------------------------------------------------------------
+    def submit(self, run_config: Mapping[str, Any] | None = None) -> int:
+        """Start the app with ``run_config`` overrides (``flwr run``: in-process through
+        the Control API where reachable, else the CLI); the run id. The provisioned node
+        registry is passed as ``registry`` unless the run config names one."""
+        app = self.staged_app or self.app.stage(self.run_dir / "app")
+        self.staged_app = app
+        path = None
+        run_config = dict(run_config or {})
+        if self.registry_path.exists() and "registry" in self.app.config:
+            run_config.setdefault("registry", str(self.registry_path))
+        if run_config:
+            path = self.run_dir / f"run-config-{time.monotonic_ns()}.toml"
+            path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
+        if self.reachable:
+            try:
+                return self.controller().start_run(app, path)
+            except DeployError:
+                raise
+            except Exception as exc:
+                self.drop_controller()
+                raise DeployError(f"starting the run failed: {exc}") from exc
+        args = ["run", str(app), FEDERATION, "--format", "json"]
+        if path is not None:
+            args += ["--run-config", str(path)]
+        out = self.flwr(*args, timeout=300)
+        try:
+            return int(json.loads(out)["run-id"])
+        except (ValueError, KeyError, TypeError):
+            raise DeployError(f"flwr run gave no run id: {out[-2000:]}") from None
+
+    def status(self, run_id: int) -> str:
+        """The run's status text (``running``, ``finished:completed``, ...)."""
+        if self.reachable:
+            try:
+                return self.controller().runs(run_id).get(run_id, "unknown")
+            except Exception as exc:
+                self.drop_controller()
+                raise DeployError(f"status of run {run_id}: {exc}") from None
+        out = self.flwr("ls", FEDERATION, "--run-id", str(run_id), "--format", "json")
+        runs = json.loads(out).get("runs", [])
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def wait(self, run_id: int, timeout: float = 600.0, poll: float | None = None) -> str:
+        """Poll until the run is ``finished:*``; its final status. Default poll: 0.5 s
+        in-process, 3 s through the CLI (each call a Python start)."""
+        poll = poll if poll is not None else (0.5 if self.reachable else 3.0)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.status(run_id)
+            except (DeployError, subprocess.TimeoutExpired):
+                status = "unknown"
+            if status.startswith("finished"):
+                return status
+            if time.monotonic() > end:
+                raise DeployError(f"run {run_id} not finished after {timeout} s ({status})")
+            time.sleep(poll)
+
+    def _kill(self, proc: subprocess.Popen | None, home: Path) -> None:
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tagged_pids(self.token, home):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+    def kill_superlink(self) -> None:
+        """``kill -9`` the SuperLink with its superexec and ServerApp."""
+        self.drop_controller()
+        self._kill(self.superlink, self.run_dir / "superlink")
+
+    def kill_node(self, i: int) -> None:
+        """``kill -9`` SuperNode ``i`` with its superexec and ClientApps."""
+        node = self.node_list[i]
+        self._kill(node.proc, node.home)
+
+    def close(self) -> None:
+        """Stop every process group this deployment started (nodes first)."""
+        self.drop_controller()
+        for node in self.node_list:
+            if node.proc is not None:
+                stop_group(node.proc)
+        if self.superlink is not None:
+            stop_group(self.superlink)
+        for pid in tagged_pids(self.token):  # detached children (superexec, apps)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for f in self.logs:
+            f.close()
+        self.logs.clear()
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def follow(checkpoint_dir: Path, run_done: Any, every: float = 1.0) -> None:
+    """Print each newly checkpointed round until ``run_done()`` is true."""
+    seen, done = 0, False
+    while not done:
+        done = run_done()
+        rounds = ckpt.rounds_on_disk(checkpoint_dir)
+        if rounds and rounds[0] > seen:
+            seen = rounds[0]
+            print(f"round {seen} checkpointed", flush=True)
+        if not done:
+            time.sleep(every)

@@ -1,0 +1,85 @@
+"""Process utilities for a deployment on this machine: free ports, Flower's console scripts,
+process groups and the processes one deployment started (read from Linux ``/proc``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+MARKER = "FEDKIT_DEPLOYMENT"  # env var tagging every process of one deployment
+
+
+class DeployError(RuntimeError):
+    """A step of the deployment failed (the message names it and the log to read)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def flower_bin(name: str) -> str:
+    """Path of a Flower console script next to this interpreter (else on PATH)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise DeployError(f"{name} not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group of ``proc`` (its own session), SIGKILL after ``grace`` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its group may linger (superexec, apps)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+
+
+def tagged_pids(token: str, home: Path | None = None) -> list[int]:
+    """Processes whose environment carries ``FEDKIT_DEPLOYMENT=token`` (and ``FLWR_HOME=home``
+    when given), read from Linux ``/proc``: every process a deployment (or one of its
+    components) started, including those Flower detaches into sessions of their own (the
+    SuperLink's superexec and ServerApp)."""
+    tags = [f"{MARKER}={token}".encode()]
+    if home is not None:
+        tags.append(f"FLWR_HOME={home}".encode())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            if all(t in env for t in tags):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_tagged(token: str, home: Path | None = None) -> None:
+    """SIGKILL every process :func:`tagged_pids` finds."""
+    for pid in tagged_pids(token, home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

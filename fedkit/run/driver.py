@@ -1,0 +1,405 @@
+"""The one run loop: every run, simulated or deployed, goes through :func:`run`.
+
+Per round: plan (sample clients, plan their work: :mod:`fedkit.run.plan`) → privacy
+accountant (ε after the planned round) → callbacks may stop the run (budget) → the
+transport sends the work and brings the replies back (:mod:`fedkit.run.transport`) →
+``strategy.round`` validates and aggregates → test metrics on the server → the accountant's
+ledger advances → callbacks (checkpoint, record, TensorBoard, event stream, progress). A
+transport only moves messages; what is sampled, aggregated, charged and recorded is decided
+here, identically for the in-process engines and the Flower ServerApp.
+
+Resume: with ``checkpoints`` and ``resume=True`` the run continues from the newest usable
+checkpoint, which must have been written by the same run key, model and configuration
+(fingerprint; :class:`~fedkit.run.callbacks.Checkpoints` says what differs); without
+``resume`` the checkpoint directory must hold none. A simulated server crash (an
+:class:`~fedkit.run.transport.Exchange` with ``server_crash``) makes the driver drop its
+in-memory state after the round and restore the newest checkpoint (the initial state
+without one), as a restarted server would; a round's crash fires once, so the replayed
+rounds run as before. The ledger is not rolled back: replayed rounds are charged again
+(conservative).
+
+Privacy budget: the accountant describes each round before anyone trains
+(:func:`~fedkit.run.plan.round_spend`); ``run.next_epsilon`` is ε after it, and
+:class:`~fedkit.run.callbacks.BudgetStop` stops the run before a round that would exceed
+the target: the last completed round is evaluated and checkpointed, and
+``record["run"]["stopped"]`` says why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from fedkit.core.flat import ParamSpec
+from fedkit.core.keys import Key
+from fedkit.core.keys import key as root_key
+from fedkit.protocols import Adversary, NoAdversary, PrivacyAccountant, Task
+from fedkit.run.callbacks import BudgetStop, Callback, Checkpoints
+from fedkit.run.fingerprint import fingerprint
+from fedkit.run.history import History
+from fedkit.run.plan import RoundPlan, RunKeys, plan_round, round_spend
+from fedkit.run.records import FORMAT, describe, final_metrics, jsonable, timings, totals, versions
+from fedkit.run.transport import Exchange, Transport
+from fedkit.strategy import ServerState, Strategy
+
+
+def as_key(key: Key | int) -> tuple[Key, int | None]:
+    """``(run key, seed)`` from a fedkit key or an int seed (``seed`` None for a key)."""
+    if isinstance(key, Key):
+        return key, None
+    if isinstance(key, int) and not isinstance(key, bool):
+        return root_key(key), key
+    raise TypeError(f"key must be a fedkit Key or an int seed, got {type(key).__name__}")
+
+
+def default_config(task: Task, strategy: Strategy, adversary: Any) -> dict[str, Any]:
+    """The configuration a run is fingerprinted by when the caller gives none: the task's
+    name and meta, the strategy and the adversary as config trees."""
+    return {
+        "task": {"name": task.name, "meta": describe(dict(task.meta or {}))},
+        "strategy": describe(strategy),
+        "adversary": describe(adversary),
+    }
+
+
+@attrs.define(eq=False)
+class Run:
+    """The driver's state of one run, read by callbacks and transports (never changed by
+    them): what is run (task, strategy, transport, adversary, accountant, configuration and
+    its fingerprint, keys) and where it stands (server state, privacy ledger, metrics and
+    events so far, ε spent and after the planned round, resume and stop)."""
+
+    task: Task
+    strategy: Strategy
+    transport: Transport
+    adversary: Adversary
+    accountant: PrivacyAccountant | None
+    rounds: int
+    eval_every: int
+    key: Key
+    seed: int | None
+    keys: RunKeys
+    controlled: torch.Tensor
+    config: Mapping[str, Any]
+    fingerprint: str
+    state: ServerState
+    ledger: Any = None
+    metrics: list[dict[str, Any]] = attrs.field(factory=list)
+    events: list[dict[str, Any]] = attrs.field(factory=list)
+    resumed_from: int | None = None
+    stopped: dict[str, Any] | None = None
+    next_epsilon: float | None = None
+    started: float = attrs.field(factory=time.perf_counter)
+    rounds_at_start: int = 0
+
+    @property
+    def spec(self) -> ParamSpec:
+        return self.task.spec
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.task.num_clients)
+
+    @property
+    def epsilon(self) -> float | None:
+        """ε spent so far (``None`` without an accountant)."""
+        if self.accountant is None:
+            return None
+        return float(self.accountant.epsilon(self.ledger))
+
+    def record(self) -> dict[str, Any]:
+        """The results record (``fedkit.run/1``, :mod:`fedkit.run.records`) as of now."""
+        total = time.perf_counter() - self.started
+        record: dict[str, Any] = {
+            "format": FORMAT,
+            "task": {
+                "name": self.task.name,
+                "num_clients": self.num_clients,
+                "num_params": self.spec.size,
+                "meta": describe(dict(self.task.meta or {})),
+            },
+            "strategy": describe(self.strategy),
+            "run": {
+                "rounds": self.rounds,
+                "engine": self.transport.describe().get("requested", self.transport.name),
+                "engine_used": self.transport.name,
+                "transport": self.transport.describe(),
+                "eval_every": self.eval_every,
+                "seed": self.seed,
+                "key": self.key.to_hex(),
+                "fingerprint": self.fingerprint,
+                "adversary": describe(self.adversary),
+                "faults": self.transport.describe().get("faults"),
+                "checkpoint_every": self.transport.describe().get("checkpoint_every"),
+                "resumed_from": self.resumed_from,
+                "stopped": self.stopped,
+            },
+            "versions": versions(),
+            "metrics": self.metrics,
+            "final": final_metrics(self.metrics),
+            "timings": timings(self.metrics, total, self.state.round - self.rounds_at_start),
+            "counters": totals(self.metrics, self.events),
+            "attack": {"controlled": self.controlled.tolist()},
+            "events": self.events,
+        }
+        if self.accountant is not None:
+            eps = self.epsilon
+            record["privacy_budget"] = {
+                "accountant": describe(self.accountant),
+                "delta": self.accountant.delta,
+                "target_epsilon": self.accountant.target_epsilon,
+                "epsilon": eps if eps is not None and math.isfinite(eps) else None,
+                "rounds": self.state.round,
+                "stopped": self.stopped is not None,
+            }
+        return jsonable(record)
+
+
+def _train_loss(exchange: Exchange, accepted: Sequence[int]) -> float | None:
+    """Example-weighted mean of the accepted clients' reported local losses."""
+    num = den = 0.0
+    for c in accepted:
+        loss, n = exchange.client_stats.get(c, (float("nan"), 0))
+        if n > 0 and math.isfinite(loss):
+            num += loss * n
+            den += n
+    return num / den if den > 0 else None
+
+
+def _merge(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+def _round(run: Run, plan: RoundPlan) -> tuple[ServerState, dict[str, Any], bool]:
+    """Run the planned round through the transport and the strategy."""
+    t0 = time.perf_counter()
+    exchange = run.transport.exchange(run.state, plan)
+    t1 = time.perf_counter()
+    state, info = run.strategy.round(
+        run.state, list(exchange.replies), plan.keys.server, clients=plan.clients
+    )
+    t2 = time.perf_counter()
+    base = info.metrics()
+    metrics: dict[str, Any] = {
+        "round": plan.round,
+        **base,
+        "received": base["received"] + sum(exchange.rejected.values()),
+        "rejected": _merge(base["rejected"], exchange.rejected),
+        "lost": dict(exchange.lost),
+        "faults": dict(exchange.faults),
+        "stragglers": int(plan.straggler.sum()),
+        "byzantine": int(plan.byzantine.sum()),
+        "train_loss": _train_loss(exchange, info.accepted_clients),
+        **exchange.metrics,
+    }
+    if plan.round % run.eval_every == 0 or plan.round == run.rounds:
+        metrics.update(run.task.evaluate(state.params))
+    t3 = time.perf_counter()
+    metrics.update(train_time=t1 - t0, aggregate_time=t2 - t1, eval_time=t3 - t2, wall_time=t3 - t0)
+    return state, jsonable(metrics), exchange.server_crash
+
+
+def _emit(run: Run, callbacks: Sequence[Callback], event: dict[str, Any]) -> None:
+    if event.get("event") != "stop":
+        run.events.append(jsonable(event))
+    for cb in callbacks:
+        cb.on_event(run, event)
+
+
+def run(
+    task: Task,
+    strategy: Strategy,
+    transport: Transport,
+    *,
+    rounds: int,
+    key: Key | int,
+    adversary: Adversary | None = None,
+    accountant: PrivacyAccountant | None = None,
+    eval_every: int = 1,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    config: Mapping[str, Any] | None = None,
+    init_params: torch.Tensor | None = None,
+) -> History:
+    """Run ``rounds`` rounds of ``strategy`` on ``task`` through ``transport`` (module doc)
+    and return the :class:`History`.
+
+    ``key``: a fedkit key or an int seed. ``adversary``: the experiment's threat model; its
+    controlled clients mark the round's ``byzantine`` count and the record, and a
+    transport that simulates clients plays them. ``accountant`` (default
+    ``strategy.accountant``) tracks ε; a :class:`BudgetStop` is added when it has a target.
+    ``checkpoints`` saves and restores (``resume``); ``callbacks`` get every hook;
+    ``config`` is the configuration the run is fingerprinted (and resumed) by (default:
+    :func:`default_config`). ``init_params`` overrides ``task.init``.
+    """
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a fedkit.Strategy, got {type(strategy).__name__}")
+    if not isinstance(task, Task):
+        raise TypeError(f"task {type(task).__name__} does not implement fedkit.protocols.Task")
+    if resume and checkpoints is None:
+        raise ValueError("resume=True needs checkpoints (a checkpoint directory)")
+    adversary = NoAdversary() if adversary is None else adversary
+    if not isinstance(adversary, Adversary):
+        raise TypeError(
+            f"adversary {type(adversary).__name__} does not implement fedkit.protocols.Adversary"
+        )
+    accountant = strategy.accountant if accountant is None else accountant
+    if accountant is not None and not isinstance(accountant, PrivacyAccountant):
+        raise TypeError(
+            f"accountant {type(accountant).__name__} does not implement "
+            "fedkit.protocols.PrivacyAccountant"
+        )
+    run_key, seed = as_key(key)
+    keys = RunKeys.of(run_key)
+    num_clients = int(task.num_clients)
+    controlled = torch.unique(
+        torch.as_tensor(adversary.controlled(num_clients, keys.controlled), dtype=torch.int64)
+    )
+    params0 = task.init(keys.init) if init_params is None else init_params
+    task.spec.check(params0, what="initial parameters")
+    state0 = strategy.init(params0)
+    config = default_config(task, strategy, adversary) if config is None else dict(config)
+    current = Run(
+        task=task,
+        strategy=strategy,
+        transport=transport,
+        adversary=adversary,
+        accountant=accountant,
+        rounds=rounds,
+        eval_every=eval_every,
+        key=run_key,
+        seed=seed,
+        keys=keys,
+        controlled=controlled,
+        config=config,
+        fingerprint=fingerprint(config),
+        state=state0,
+        ledger=None if accountant is None else accountant.init(num_clients),
+    )
+    hooks: list[Callback] = []
+    if checkpoints is not None:
+        hooks.append(checkpoints)
+        if not resume:
+            checkpoints.require_fresh()  # never mix this run's checkpoints with another's
+    if accountant is not None and accountant.target_epsilon is not None:
+        if not any(isinstance(cb, BudgetStop) for cb in callbacks):
+            hooks.append(BudgetStop())
+    hooks.extend(callbacks)
+    try:
+        if resume:
+            _resume(current, checkpoints, state0, hooks)
+        transport.start(current)
+        for cb in hooks:
+            cb.on_run_start(current)
+        _loop(current, hooks, checkpoints, state0)
+        history = History(
+            metrics=current.metrics,
+            final_params=current.state.params,
+            spec=task.spec,
+            state=current.state,
+            record=current.record(),
+            events=current.events,
+        )
+        for cb in hooks:
+            cb.on_run_end(current, history)
+        return history
+    finally:
+        try:
+            transport.stop()
+        finally:
+            for cb in hooks:
+                cb.close()
+
+
+def _resume(run: Run, checkpoints: Checkpoints, state0: ServerState, hooks) -> None:
+    found = checkpoints.restore(run, state0)
+    run.state, run.metrics, run.events = found.state, found.history, found.events
+    if "ledger" in found.tree:
+        run.ledger = found.tree["ledger"]
+    if found.state is state0:
+        return
+    run.resumed_from = run.rounds_at_start = run.state.round
+    if run.state.round > run.rounds:
+        warnings.warn(
+            f"the newest checkpoint is at round {run.state.round}, past rounds={run.rounds}: "
+            "returning it as it is",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    _emit(run, hooks, {"event": "resume", "restored_round": run.state.round, "at": time.time()})
+
+
+def _loop(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerState) -> None:
+    crashed: set[int] = set()
+    while run.state.round < run.rounds:
+        plan = plan_round(run.strategy, run.state, run.num_clients, run.controlled, run.keys)
+        after = None
+        if run.accountant is not None:
+            after = run.accountant.spend(run.ledger, round_spend(run.task, run.strategy, plan))
+            run.next_epsilon = float(run.accountant.epsilon(after))
+        stop = next((s for cb in hooks if (s := cb.before_round(run, plan)) is not None), None)
+        if stop is not None:
+            _stop(run, hooks, stop)
+            return
+        state, metrics, crash = _round(run, plan)
+        run.state = state
+        if after is not None:
+            run.ledger = after
+            metrics["epsilon"] = jsonable(run.next_epsilon)
+        run.metrics.append(metrics)
+        for cb in hooks:
+            cb.on_round_end(run, metrics)
+        if crash and state.round not in crashed:
+            crashed.add(state.round)
+            _recover(run, hooks, checkpoints, state0)
+
+
+def _stop(run: Run, hooks, stop: dict[str, Any]) -> None:
+    """End the run before the planned round: the last completed round gets test metrics if
+    it has none, the stop is recorded and announced (checkpoints save on it)."""
+    if run.metrics and run.metrics[-1].get("test_accuracy") is None:
+        run.metrics[-1] = {**run.metrics[-1], **jsonable(run.task.evaluate(run.state.params))}
+    run.stopped = jsonable(dict(stop))
+    _emit(run, hooks, {"event": "stop", **run.stopped})
+
+
+def _recover(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerState) -> None:
+    """A simulated server crash after this round: restore the newest checkpoint."""
+    t = time.perf_counter()
+    crash_round = run.state.round
+    if checkpoints is None:
+        warnings.warn(
+            "the fault model crashed the server but there is no checkpoint_dir: "
+            "restarting from the initial parameters",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        run.state, run.metrics = state0, []
+    else:
+        found = checkpoints.restore(run, state0, upto=crash_round)
+        run.state, run.metrics = found.state, found.history
+    _emit(
+        run,
+        hooks,
+        {
+            "event": "server_crash",
+            "round": crash_round,
+            "restored_round": run.state.round,
+            "rounds_lost": crash_round - run.state.round,
+            "recovery_s": time.perf_counter() - t,
+        },
+    )

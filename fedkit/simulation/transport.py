@@ -1,0 +1,123 @@
+"""The in-process transport: an engine trains the sampled clients in this process, the
+adversary plays its clients, and simulated faults decide what reaches the server.
+
+Per round: jobs for the clients asked to train (the adversary poisons the data of its
+clients); the engine trains them (:class:`~fedkit.simulation.SequentialEngine` or the
+vectorised one); the adversary rewrites its rows of the update matrix, knowing what its
+threat model allows; the replies go through the fault plan
+(:func:`fedkit.simulation.delivery.deliver`). Fault models get the run-level fault key and
+fold in the round themselves, so a fault that spans rounds (a crash lasting k rounds, a
+partitioned group) stays consistent. A fault never stops the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from fedkit.core.keys import fold_in, split
+from fedkit.protocols import FaultModel, NoFaults
+from fedkit.replies import Reply
+from fedkit.run.plan import RoundPlan
+from fedkit.run.records import describe
+from fedkit.run.transport import Exchange
+from fedkit.simulation.delivery import deliver
+from fedkit.simulation.jobs import ClientJob
+from fedkit.strategy import ServerState
+from fedkit.tasks.base import SupervisedTask
+
+
+@attrs.define(eq=False)
+class InProcessTransport:
+    """Trains with ``engine`` in this process (module doc); ``requested`` is the engine name
+    the caller asked for (``"auto"`` may pick either)."""
+
+    engine: Any
+    faults: FaultModel = attrs.field(factory=NoFaults)
+    requested: str = "auto"
+    checkpoint_every: int | None = None
+    run: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    def start(self, run: Any) -> None:
+        self.run = run
+
+    def stop(self) -> None:
+        self.run = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "requested": self.requested,
+            "faults": describe(self.faults),
+            "checkpoint_every": self.checkpoint_every,
+        }
+
+    def jobs(self, plan: RoundPlan) -> list[ClientJob]:
+        """One job per sampled client; the adversary poisons its clients' data."""
+        task, adversary = self.run.task, self.run.adversary
+        supervised = isinstance(task, SupervisedTask)
+        k_data = plan.keys.data
+        out = []
+        for c, units, bad in zip(
+            plan.clients.tolist(), plan.work.tolist(), plan.byzantine.tolist(), strict=True
+        ):
+            x = y = None
+            if supervised:
+                x, y = task.client_x[c], task.client_y[c]
+                if bad and units > 0:
+                    x, y = adversary.poison_data(c, x, y, fold_in(k_data, c))
+            out.append(ClientJob(client=c, work=units, key=plan.keys.client(c), x=x, y=y))
+        return out
+
+    def exchange(self, state: ServerState, plan: RoundPlan) -> Exchange:
+        run = self.run
+        local = self.engine.train(run.task, state.params, self.jobs(plan), run.strategy.client)
+        updates, byz = local.updates, plan.byzantine
+        if bool(byz.any()):
+            weights = local.num_examples.to(updates.dtype)
+            updates = run.adversary.poison_updates(
+                updates, byz, weights, plan.round, plan.keys.updates
+            )
+            if tuple(updates.shape) != tuple(local.updates.shape):
+                raise ValueError(
+                    f"adversary.poison_updates returned shape {tuple(updates.shape)}, "
+                    f"expected {tuple(local.updates.shape)}"
+                )
+        sizes, losses = local.num_examples.tolist(), local.loss.tolist()
+        steps, trained = local.steps.tolist(), local.trained.tolist()
+        clients = plan.clients.tolist()
+        replies: list[Reply | None] = [
+            Reply(
+                client=c,
+                round=plan.round,
+                update=updates[i],
+                num_examples=sizes[i],
+                metrics={"loss": losses[i], "steps": steps[i], **local.metrics[i]},
+            )
+            if trained[i]
+            else None
+            for i, c in enumerate(clients)
+        ]
+        arrived = deliver(
+            replies,
+            self.faults.plan(plan.round, plan.clients, run.keys.faults),
+            deadline=run.strategy.deadline,
+            key=split(plan.keys.faults)[1],
+        )
+        lost = dict(arrived.lost)
+        dropped = int((~local.trained).sum())
+        if dropped:
+            lost["straggler"] = dropped
+        stats = {c: (losses[i], sizes[i]) for i, c in enumerate(clients) if trained[i]}
+        return Exchange(
+            replies=list(arrived.replies),
+            lost=lost,
+            faults=arrived.faults,
+            client_stats=stats,
+            server_crash=arrived.server_crash,
+        )
