@@ -1,4 +1,4 @@
-"""attacks suite (see DESIGN.md): adversaries that control client ids and poison their data
+"""attacks suite (docs/architecture.md): adversaries that control client ids and poison their data
 (label flipping, backdoor triggers) or their updates (sign flip, Gaussian, scaling, ALIE,
 IPM, min-max / min-sum, Fang et al.'s attacks, mimic, non-finite rows, optimal ALIE / IPM),
 and gradient inversion (:mod:`attacks.inversion`: DLG, iDLG, Inverting Gradients)."""

@@ -1,10 +1,9 @@
 """Round time of the SO-100 task in process vs through a real Flower deployment, on CPU.
 
-The same run config (``task = "so100"`` on the offline fixture: tiny SmolVLA, 3 clients of
-45 frames, FedAvg, one local epoch = 6 AdamW steps at lr 0.01) runs twice: in process with
-:func:`fedkit.simulate` (sequential engine), then with ``fedkit deploy local --nodes 3`` (a
-SuperLink and 3 SuperNodes, TLS + node authentication; one ClientApp process per message,
-each importing LeRobot and building the task). Reports each round's wall time (the
+The same experiment config (``task=so100 so100@task=fixture`` on the offline fixture: tiny
+SmolVLA, 3 clients of 45 frames, FedAvg, one local epoch = 6 AdamW steps at lr 0.01) runs
+twice: in process with ``fedkit run`` (sequential engine), then with ``fedkit deploy local
+--nodes 3`` (a SuperLink and 3 SuperNodes, TLS + node authentication). Reports each round's wall time (the
 server's: sampling to evaluation) and held-out action loss, and each run's total wall time
 and CPU time (in process: this process; deployment: the ``fedkit deploy`` process and the
 descendants it reaped, i.e. SuperLink, SuperNodes, Apps and the ``flwr`` CLI calls), which
@@ -33,35 +32,36 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_config(fixture: Path, rounds: int) -> dict:
-    return {"task": "so100", "task-dir": str(fixture), "rounds": rounds, "lr": 0.01, "seed": 0}
+def overrides(fixture: Path, rounds: int, out: Path) -> list[str]:
+    return [
+        "task=so100",
+        "so100@task=fixture",
+        f"task.directory={fixture}",
+        "num_clients=3",
+        f"rounds={rounds}",
+        "client.lr=0.01",
+        "seed=0",
+        f"out_dir={out}",
+    ]
 
 
-def in_process(fixture: Path, rounds: int) -> dict:
-    from fedkit.flower.settings import Settings, build_strategy, build_task
-    from fedkit.simulation import simulate
+def in_process(fixture: Path, rounds: int, out: Path) -> dict:
+    from experiments.flower_app import compose
+    from experiments.run import run_experiment
 
     t0, c0 = time.perf_counter(), time.process_time()
-    settings = Settings.from_run_config(run_config(fixture, rounds))
-    task = build_task(settings)
-    build = time.perf_counter() - t0
-    history = simulate(
-        task, build_strategy(settings), rounds=rounds, key=0, engine="sequential", progress=False
-    )
+    cfg = compose([*overrides(fixture, rounds, out), "engine=sequential"])
+    record = run_experiment(cfg, out, progress=False)
     return {
-        "task_build_s": build,
         "total_s": time.perf_counter() - t0,
         "cpu_s": time.process_time() - c0,
-        "rounds": [_round(m) for m in history.metrics],
+        "rounds": [_round(m) for m in record["metrics"]],
     }
 
 
-def deployed(fixture: Path, rounds: int, run_dir: Path) -> dict:
-    config = run_config(fixture, rounds)
+def deployed(fixture: Path, rounds: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "experiments.cli", "deploy", "local", "--nodes", "3"]
-    cmd += ["--run-dir", str(run_dir)]
-    for k, v in config.items():
-        cmd += ["-c", f"{k}={json.dumps(v)}"]
+    cmd += overrides(fixture, rounds, out)
     t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     total = time.perf_counter() - t0
@@ -69,7 +69,7 @@ def deployed(fixture: Path, rounds: int, run_dir: Path) -> dict:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    record = json.loads((run_dir / "logs" / "record.json").read_text())
+    record = json.loads((out / "record.json").read_text())
     return {
         "command": " ".join(cmd[1:]),
         "total_s": total,
@@ -97,8 +97,7 @@ def table(result: dict) -> str:
     sim, dep = result["in_process"], result["deployment"]
     lines.append(
         f"\nInitial held-out loss {result['initial_loss']:.4f}. Totals: in process "
-        f"{sim['total_s']:.0f} s wall, {sim['cpu_s']:.0f} s CPU (task build "
-        f"{sim['task_build_s']:.0f} s); deployment {dep['total_s']:.0f} s wall, "
+        f"{sim['total_s']:.0f} s wall, {sim['cpu_s']:.0f} s CPU (with the task build); deployment {dep['total_s']:.0f} s wall, "
         f"{dep['cpu_s']:.0f} s CPU (start to teardown). Load average before: "
         f"{result['load_before']}."
     )
@@ -117,13 +116,14 @@ def main() -> int:
     fixture = out / "fixture"
     make_offline_fixture(fixture)
     load = [round(x, 2) for x in os.getloadavg()]
-    sim = in_process(fixture, args.rounds)
-    from fedkit.flower.settings import Settings, build_task
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    sim = in_process(fixture, args.rounds, out / f"run-{stamp}")
+    from fedkit.tasks.so100.offline import so100_fixture
 
-    task = build_task(Settings.from_run_config(run_config(fixture, args.rounds)))
-    initial = task.evaluate(task.init(split(key(0), 3)[0]))["test_loss"]
+    task = so100_fixture(fixture, num_clients=3, key=0)
+    initial = task.evaluate(task.init(split(key(0), 4)[0]))["test_loss"]
     del task
-    dep = deployed(fixture, args.rounds, out / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}")
+    dep = deployed(fixture, args.rounds, out / f"deploy-{stamp}")
     result = {
         "load_before": load,
         "initial_loss": initial,

@@ -1,4 +1,4 @@
-"""chaos suite (see DESIGN.md): fault models for simulation — dropout, stragglers against the
+"""chaos suite (docs/architecture.md): fault models for simulation — dropout, stragglers against the
 deadline, client crashes, corrupted / stale / duplicate replies, partitions, server crashes —
 and their composition. Each implements :class:`fedkit.protocols.FaultModel`."""
 

@@ -1,4 +1,4 @@
-"""experiments (see DESIGN.md): the Hydra config tree and the sweep entry points.
+"""experiments (docs/architecture.md): the Hydra config tree and the sweep entry points.
 
 * ``experiments/configs/``: groups task, model, partition, client, server (a list of
   components composed with ``fedkit.chain``), privacy, attack, chaos, engine and defense

@@ -2,7 +2,7 @@
 over to :mod:`experiments.deploy_cli`).
 
 It lives here rather than in ``fedkit`` so that the core never imports the suites
-(DESIGN.md): ``fedkit = "experiments.cli:main"``. Each subcommand imports its module only
+(docs/architecture.md): ``fedkit = "experiments.cli:main"``. Each subcommand imports its module only
 when it runs, so ``fedkit tables`` does not pay for Hydra or a simulation.
 """
 
@@ -21,12 +21,15 @@ commands:
                               (Hydra's flags work: --help, --cfg job, --info, ...)
   bench [--quick] [--out DIR] [--jobs N] [--sweep FILE] [OVERRIDE ...]
                               the default benchmark: runs, TensorBoard logs, tables, figures
-  deploy local --nodes N [--insecure] [--no-auth] [--rounds R] [--seed S] [--run-dir D]
-                              a real Flower deployment on this machine (TLS + node auth by default)
+  deploy local --nodes N [--insecure] [--no-auth] [--resume] [OVERRIDE ...]
+                              the same config on a real Flower deployment on this machine
+                              (TLS + node auth by default), e.g.
+                                fedkit deploy local --nodes 5 task=digits defense=krum \
+                                  attack=sign_flip rounds=3 out_dir=runs/krum
+  deploy sim [--nodes N] [--cpus C] [OVERRIDE ...]
+                              the same config on Flower's simulation engine (Ray)
   tables RESULTS_DIR [--out DIR] [--no-figures]
                               LaTeX / Markdown / CSV tables and PDF / PNG figures from records
-  deploy sim [--clients N] [--rounds R] [--cpus C] [-c KEY=VALUE ...]
-                              the same Flower App on Flower's simulation engine (Ray)
 
 See experiments/README.md.
 """

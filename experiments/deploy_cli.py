@@ -1,10 +1,24 @@
-"""``fedkit deploy``: fedkit's Flower App on a real deployment on this machine
+"""``fedkit deploy``: an experiment config on a real Flower deployment on this machine
 (``local``: a SuperLink and SuperNodes, :class:`fedkit.flower.local.LocalDeployment`) or on
-Flower's simulation engine (``sim``: :func:`fedkit.flower.sim.run_flower_simulation`)."""
+Flower's simulation engine (``sim``).
+
+Both take the config groups and overrides of ``fedkit run``::
+
+    fedkit deploy local --nodes 5 task=digits defense=krum attack=sign_flip rounds=3 out_dir=D
+
+The config is composed and resolved here (``num_clients`` defaults to the number of nodes),
+checked by building it, and sent to the ServerApp as data (run config ``experiment``). The
+node of client ``i`` holds partition ``i``; the nodes of the clients the config's adversary
+controls get the adversary's copy of the config (``D/deployment/adversary.json``) and run
+its attack (:mod:`experiments.adversary_node`). Everything the run writes lands in ``D``
+(``record.json``, ``record.safetensors``, ``checkpoints/``, TensorBoard, ``events.jsonl``);
+the deployment's own files (PKI, logs, SuperLink database) in ``D/deployment``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -12,89 +26,104 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from experiments.flower_app import APP, check_deployable, compose, simulation_apps
+from fedkit.core.keys import key as root_key
 from fedkit.flower.local.deployment import LocalDeployment, follow
-
-
-def _run_options(parser: argparse.ArgumentParser, prefix: str) -> None:
-    """The options ``local`` and ``sim`` share: rounds, seed, run directory, overrides."""
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--run-dir", type=Path, default=None, help=f"default: runs/{prefix}-<time>")
-    parser.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run config override (TOML value), repeatable",
-    )
+from fedkit.run.plan import RunKeys
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="fedkit deploy", description="Run fedkit's Flower App on a real deployment."
+        prog="fedkit deploy",
+        description="Run an experiment config (fedkit run's overrides) on a Flower deployment.",
     )
     sub = parser.add_subparsers(dest="where", required=True)
     local = sub.add_parser("local", help="a SuperLink and N SuperNodes on this machine")
     local.add_argument("--nodes", type=int, default=3, help="number of SuperNodes")
     local.add_argument("--insecure", action="store_true", help="no TLS (and no node auth)")
     local.add_argument("--no-auth", action="store_true", help="TLS without node authentication")
-    _run_options(local, "deploy")
+    local.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoints")
     local.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
-    sim = sub.add_parser(
-        "sim", help="the same apps on Flower's simulation engine (Ray, loopback only)"
+    local.add_argument("--round-deadline", type=float, default=300.0, help="seconds per round")
+    local.add_argument(
+        "--privacy-floor",
+        default="",
+        help="JSON privacy floor every node enforces (fedkit.flower.PrivacyFloor)",
     )
-    sim.add_argument("--clients", type=int, default=3, help="number of simulated SuperNodes")
+    sim = sub.add_parser("sim", help="the same apps on Flower's simulation engine (Ray)")
+    sim.add_argument("--nodes", type=int, default=3, help="number of simulated SuperNodes")
     sim.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use")
     sim.add_argument("--cpus-per-client", type=float, default=1.0)
-    _run_options(sim, "sim")
+    for p in (local, sim):
+        p.add_argument("overrides", nargs="*", help="config overrides, as for fedkit run")
     return parser.parse_args(argv)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--config expects KEY=VALUE, got {item!r}")
-        try:
-            out[k.strip()] = tomllib.loads(f"v = {v}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[k.strip()] = v
-    return out
+def resolve(overrides: Sequence[str], nodes: int) -> dict[str, Any]:
+    """The resolved experiment config (``num_clients`` = ``nodes`` unless overridden)."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    extra = [] if "num_clients" in given else [f"num_clients={nodes}"]
+    cfg = compose([*extra, *overrides])
+    check_deployable(cfg)
+    return cfg
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fedkit deploy local ...`` (exit code 0 iff the run finished ``completed``) or
-    ``fedkit deploy sim ...`` (0 iff every round ran)."""
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # tear down on SIGTERM too
-    prefix = "sim" if args.where == "sim" else "deploy"
-    run_dir = args.run_dir or Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
-    run_dir = run_dir.resolve()
-    config = parse_overrides(args.config)
-    if args.rounds is not None:
-        config["rounds"] = args.rounds
-    if args.seed is not None:
-        config["seed"] = args.seed
-    if config.get("task-dir"):  # the apps do not run in this directory
-        config["task-dir"] = str(Path(config["task-dir"]).resolve())
-    if args.where == "sim":
-        return _simulate(args, run_dir, config)
-    config.setdefault("task-clients", args.nodes)
-    config.setdefault("min-nodes", args.nodes)
-    config.setdefault("checkpoint-dir", str(run_dir / "checkpoints"))
-    config.setdefault("log-dir", str(run_dir / "logs"))
+def controlled_clients(cfg: dict[str, Any]) -> list[int]:
+    """The clients the config's adversary controls (as the run driver draws them)."""
+    from experiments.build import build
+
+    exp = build(cfg)
+    keys = RunKeys.of(root_key(exp.seed))
+    chosen = exp.adversary.controlled(int(exp.task.num_clients), keys.controlled)
+    return sorted(set(torch.as_tensor(chosen, dtype=torch.int64).tolist()))
+
+
+def out_dir(cfg: dict[str, Any], prefix: str) -> Path:
+    return Path(cfg.get("out_dir") or time.strftime(f"runs/{prefix}-%Y%m%d-%H%M%S")).resolve()
+
+
+def deploy_local(args: argparse.Namespace) -> int:
+    cfg = resolve(args.overrides, args.nodes)
+    out = out_dir(cfg, "deploy")
+    cfg["out_dir"] = str(out)
+    work = out / "deployment"
+    work.mkdir(parents=True, exist_ok=True)
+    bad = controlled_clients(cfg)
+    node_configs: list[dict[str, Any]] = [{} for _ in range(args.nodes)]
+    if bad:
+        (work / "adversary.json").write_text(json.dumps(cfg))
+        for i in bad:
+            if i < args.nodes:
+                node_configs[i]["adversary"] = str(work / "adversary.json")
+    if args.privacy_floor:
+        for nc in node_configs:
+            nc["privacy-floor"] = args.privacy_floor
+    run_config = {
+        "experiment": json.dumps(cfg),
+        "out-dir": str(out),
+        "resume": bool(args.resume),
+        "round-deadline": args.round_deadline,
+        "sample-timeout": 300.0,
+        "min-nodes": args.nodes,
+        "signed-replies": not (args.insecure or args.no_auth),
+    }
     deployment = LocalDeployment(
-        run_dir, nodes=args.nodes, insecure=args.insecure, auth=not args.no_auth
+        work,
+        nodes=args.nodes,
+        insecure=args.insecure,
+        auth=not args.no_auth,
+        app=APP,
+        node_configs=node_configs,
     )
     with deployment:
         mode = "insecure" if deployment.insecure else "TLS" + (" + node auth" * deployment.auth)
-        print(f"starting SuperLink ({mode}) and {args.nodes} SuperNodes in {run_dir}", flush=True)
+        print(f"starting SuperLink ({mode}) and {args.nodes} SuperNodes in {work}", flush=True)
+        if bad:
+            print(f"adversary nodes (clients): {bad}", flush=True)
         deployment.start()
-        run_id = deployment.submit(config)
+        run_id = deployment.submit(run_config)
         print(f"run {run_id} submitted", flush=True)
         status: list[str] = []
 
@@ -103,26 +132,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status[0].startswith("finished")
 
         end = time.monotonic() + args.timeout
-        # every status poll is a `flwr` CLI process (about 1 s of CPU): poll every 5 s
-        follow(Path(config["checkpoint-dir"]), lambda: done() or time.monotonic() > end, every=5.0)
+        follow(out / "checkpoints", lambda: done() or time.monotonic() > end, every=1.0)
         final = status[0] if status else "unknown"
-        print(f"run {run_id}: {final}; record in {config['log-dir']}/record.json", flush=True)
+        print(f"run {run_id}: {final}; record in {out / 'record.json'}", flush=True)
     return 0 if final == "finished:completed" else 1
 
 
-def _simulate(args: argparse.Namespace, run_dir: Path, config: dict[str, Any]) -> int:
-    """``fedkit deploy sim``: :func:`fedkit.flower.sim.run_flower_simulation`."""
+def deploy_sim(args: argparse.Namespace) -> int:
     from fedkit.flower.sim import run_flower_simulation
 
-    config.setdefault("task-clients", args.clients)
-    print(f"Flower simulation (Ray) of {config['task-clients']} clients in {run_dir}", flush=True)
-    record = run_flower_simulation(
-        run_dir, config, num_cpus=args.cpus, cpus_per_client=args.cpus_per_client
+    cfg = resolve(args.overrides, args.nodes)
+    out = out_dir(cfg, "sim")
+    cfg["out_dir"] = str(out)
+    if controlled_clients(cfg):
+        raise SystemExit(
+            "fedkit deploy sim: the simulation engine's nodes are interchangeable workers and "
+            "cannot host the adversary's nodes; use fedkit run or fedkit deploy local"
+        )
+    rc = {"experiment": json.dumps(cfg), "out-dir": str(out), "min-nodes": args.nodes}
+    rc["round-deadline"] = 600.0
+    print(f"Flower simulation (Ray) of {args.nodes} nodes in {out}", flush=True)
+    server, client = simulation_apps(rc)
+    run_flower_simulation(
+        server,
+        client,
+        out / "simulation",
+        num_supernodes=args.nodes,
+        num_cpus=args.cpus,
+        cpus_per_client=args.cpus_per_client,
     )
-    ran = len(record.get("metrics", []))
-    wanted = int(config.get("rounds", ran))
-    print(f"{ran} of {wanted} rounds; record in {run_dir / 'logs' / 'record.json'}", flush=True)
+    record = json.loads((out / "record.json").read_text())
+    ran, wanted = len(record.get("metrics", [])), int(cfg["rounds"])
+    print(f"{ran} of {wanted} rounds; record in {out / 'record.json'}", flush=True)
     return 0 if ran >= wanted else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedkit deploy local ...`` (exit code 0 iff the run finished ``completed``) or
+    ``fedkit deploy sim ...`` (0 iff every round ran)."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # tear down on SIGTERM too
+    return deploy_sim(args) if args.where == "sim" else deploy_local(args)
 
 
 if __name__ == "__main__":

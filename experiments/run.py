@@ -1,9 +1,11 @@
 """One run: build the experiment from its config, simulate it, write its results record.
+A deployment of the same config (``experiments.flower_app``) writes the same record.
 
 ``fedkit run`` is :func:`hydra_main` (Hydra's command line: overrides, ``-m`` multirun with
 the joblib launcher); ``fedkit bench`` calls :func:`run_experiment` directly for each point of
-its grid. The record is the one ``fedkit.simulate`` writes (``fedkit.run/1``, see
-:mod:`fedkit.run.records`) plus three sections the paper pipeline reads:
+its grid. The record is the one the run driver writes (``fedkit.run/1``, see
+:mod:`fedkit.run.records`) plus three sections the paper pipeline reads
+(:func:`record_extras`):
 
 * ``labels``: ``task``, ``defense``, ``attack``, ``chaos``, ``privacy``, ``seed`` — the names
   a table groups by (group option names; ``None`` where unknown, then :mod:`paper.records`
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.build import as_config, build
+from experiments.build import Experiment, as_config, build
 from fedkit import simulate
-from fedkit.run.records import write_json
+from fedkit.run.callbacks import EventLog, RecordFiles, TensorBoard
+from fedkit.run.history import History
 
 RECORD = "record.json"
 
@@ -54,6 +57,53 @@ def default_labels(cfg: DictConfig, choices: Mapping[str, Any] | None = None) ->
     }
 
 
+# Settings of how a run is executed and reported, not of the experiment: a run may be
+# resumed with other values of these (more rounds, another engine, another out_dir).
+RUN_ONLY = (
+    "rounds",
+    "eval_every",
+    "checkpoint",
+    "tensorboard",
+    "threads",
+    "progress",
+    "out_dir",
+    "label",
+    "engine",
+    "hydra",
+    "labels",
+)
+
+
+def fingerprint_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that defines the experiment (what a resumed run must
+    share with its checkpoints): everything but :data:`RUN_ONLY`."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in dict(cfg).items() if k not in RUN_ONLY}
+
+
+def record_extras(
+    cfg: DictConfig, exp: Experiment, labels: Mapping[str, Any]
+) -> Callable[[dict[str, Any], History], dict[str, Any]]:
+    """What an experiment adds to the driver's record, for ``RecordFiles(extras=...)``:
+    ``labels``, ``privacy`` (mechanism, ε over the releases made), ``config`` (resolved) and,
+    for a backdoor adversary, ``final.backdoor_success``."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def extras(record: dict[str, Any], history: History) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        backdoor = backdoor_metrics(exp.adversary, exp.task, history.final_params)
+        if backdoor:
+            out["final"] = {**record.get("final", {}), **backdoor}
+        releases = len(history.metrics) + int(record["counters"].get("rounds_lost", 0))
+        out["labels"] = dict(labels)
+        out["privacy"] = exp.privacy.summary(releases)
+        out["config"] = container
+        return out
+
+    return extras
+
+
 def run_experiment(
     cfg: DictConfig | Mapping[str, Any],
     out_dir: str | Path,
@@ -62,9 +112,10 @@ def run_experiment(
     progress: bool | None = None,
     task: Any = None,
 ) -> dict[str, Any]:
-    """Simulate the run ``cfg`` describes; write ``<out_dir>/record.json`` (and TensorBoard
-    scalars into ``out_dir`` when ``cfg.tensorboard``); return the record. ``task``: the
-    already built task of ``cfg.task``, if any."""
+    """Simulate the run ``cfg`` describes; write ``<out_dir>/record.json``,
+    ``record.safetensors`` (the final parameters) and ``events.jsonl``, and TensorBoard
+    scalars into ``out_dir`` when ``cfg.tensorboard``; return the record. ``task``: the already built task of
+    ``cfg.task``, if any."""
     cfg = as_config(cfg)
     if cfg.get("threads") is not None:
         torch.set_num_threads(int(cfg.threads))
@@ -74,6 +125,10 @@ def run_experiment(
     checkpoints = out / "checkpoints" if exp.checkpoint else None
     if checkpoints is not None and checkpoints.exists():
         shutil.rmtree(checkpoints)  # this run point starts over: its old checkpoints go
+    hooks: list[Any] = [TensorBoard(out)] if cfg.get("tensorboard", True) else []
+    labels = {**default_labels(cfg), **dict(labels or {})}
+    hooks.append(RecordFiles(out, extras=record_extras(cfg, exp, labels)))
+    hooks.append(EventLog(out / "events.jsonl"))
     history = simulate(
         exp.task,
         exp.strategy,
@@ -84,19 +139,11 @@ def run_experiment(
         faults=exp.faults,
         eval_every=exp.eval_every,
         checkpoint_dir=checkpoints,
-        log_dir=out if cfg.get("tensorboard", True) else None,
         progress=cfg.get("progress") if progress is None else progress,
+        callbacks=hooks,
+        config=fingerprint_config(cfg),
     )
-    record = dict(history.record)
-    extra = backdoor_metrics(exp.adversary, exp.task, history.final_params)
-    if extra:
-        record["final"] = {**record.get("final", {}), **extra}
-    releases = len(history.metrics) + int(record["counters"].get("rounds_lost", 0))
-    record["labels"] = {**default_labels(cfg), **dict(labels or {})}
-    record["privacy"] = exp.privacy.summary(releases)
-    record["config"] = OmegaConf.to_container(cfg, resolve=True)
-    write_json(out / RECORD, record)
-    return record
+    return history.record
 
 
 def backdoor_metrics(adversary: Any, task: Any, params: torch.Tensor) -> dict[str, float]:

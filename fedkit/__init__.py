@@ -1,6 +1,6 @@
 """fedkit: robust and private federated learning over PyTorch.
 
-Pure components on flat parameter tensors (see DESIGN.md). Everything a researcher composes
+Pure components on flat parameter tensors (docs/architecture.md). Everything a researcher composes
 is re-exported here: keys and samplers, flat parameters, ``chain`` and the components.
 """
 

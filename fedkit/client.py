@@ -19,7 +19,6 @@ Client DP-SGD (``ClientConfig(dp_sgd=...)``) lives in :mod:`fedkit.client_dp`.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import attrs
@@ -180,16 +179,9 @@ def updates_buffers(module: Any) -> bool:
 
 
 def per_example_loss(task: Any, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Loss of each example: ``task.per_example_loss`` when the task has one, cross-entropy
-    for :class:`~fedkit.tasks.SupervisedTask`'s default loss, else the task's (mean-reduced)
-    ``loss`` applied to each example on its own."""
-    own = getattr(task, "per_example_loss", None)
-    if own is not None:
-        return own(logits, y)
-    base = sys.modules.get("fedkit.tasks.base")  # loaded whenever task is a SupervisedTask
-    if base is not None and getattr(type(task), "loss", None) is base.SupervisedTask.loss:
-        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    return torch.func.vmap(lambda lg, t: task.loss(lg.unsqueeze(0), t.unsqueeze(0)))(logits, y)
+    """Loss of each example: the supervised task's
+    :meth:`~fedkit.tasks.SupervisedTask.per_example_loss`."""
+    return task.per_example_loss(logits, y)
 
 
 def local_step(

@@ -1,4 +1,4 @@
-"""paper (see DESIGN.md): tables and figures generated from run records, never by hand.
+"""paper (docs/architecture.md): tables and figures generated from run records, never by hand.
 
 :func:`make_report` reads every record under a results directory and writes, for each kind
 of table (``attack_defense``, ``utility_vs_epsilon``, ``fault_survival``,

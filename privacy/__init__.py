@@ -1,4 +1,4 @@
-"""privacy suite (see DESIGN.md): differential privacy for fedkit.
+"""privacy suite (docs/architecture.md): differential privacy for fedkit.
 
 * :mod:`privacy.mechanisms` — DP components for ``fedkit.chain``: clipping, DP weights, the
   fixed-denominator mean, central Gaussian noise (``dp_fedavg``), adaptive clipping, local DP;

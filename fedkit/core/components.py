@@ -4,7 +4,7 @@ A component is a frozen attrs value with ``init(d) -> state`` and a pure call
 
     component(updates, weights, state, key) -> (out, state, info)
 
-in one of three roles, in this order inside a chain (DESIGN.md, "pure components"):
+in one of three roles, in this order inside a chain (docs/architecture.md, "Components"):
 
 * ``transform``: ``Tensor[n, d], Tensor[n] -> (Tensor[n, d], Tensor[n])`` — acts on client
   rows; it may zero a weight to exclude a client (shapes stay static);

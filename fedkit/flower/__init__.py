@@ -1,19 +1,25 @@
-"""fedkit on Flower: the run driver's Flower transport, the ServerApp/ClientApp pair, the
-node registry, and the local deployment (:mod:`fedkit.flower.local`) and Flower simulation
-engine (:mod:`fedkit.flower.sim`) that run them."""
+"""fedkit on Flower: the run driver's Flower transport, ServerApp/ClientApp factories, the
+node registry, the client runtime with its privacy floor, and the local deployment
+(:mod:`fedkit.flower.local`) and Flower simulation engine (:mod:`fedkit.flower.sim`) that
+run them. The Flower App that deploys an experiment config is ``experiments.flower_app``."""
 
-from fedkit.flower.apps import make_client_app, make_server_app
+from fedkit.flower.apps import ServerSetup, make_client_app, make_server_app, serve
+from fedkit.flower.client import ClientRuntime, HonestClient, Refused, Trained
+from fedkit.flower.privacy_floor import PrivacyFloor
 from fedkit.flower.registry import NodeRegistry
-from fedkit.flower.settings import Settings, build_strategy, build_task
 from fedkit.flower.transport import FlowerTransport, LoopConfig
 
 __all__ = [
+    "ClientRuntime",
     "FlowerTransport",
+    "HonestClient",
     "LoopConfig",
     "NodeRegistry",
-    "Settings",
-    "build_strategy",
-    "build_task",
+    "PrivacyFloor",
+    "Refused",
+    "ServerSetup",
+    "Trained",
     "make_client_app",
     "make_server_app",
+    "serve",
 ]

@@ -1,25 +1,21 @@
-"""``engine=flower-sim``: the same ServerApp/ClientApp pair on Flower's simulation engine
-(Ray), for sweeps that outgrow one process. Ray stays on loopback, without its dashboard or
-usage statistics, with its temporary directory under the run directory (under a short
-system temp directory, removed afterwards, when that path is too long for Ray's sockets).
+"""A ServerApp/ClientApp pair on Flower's simulation engine (Ray), for runs that outgrow one
+process. Ray stays on loopback, without its dashboard or usage statistics, with its
+temporary directory under the run directory (under a short system temp directory, removed
+afterwards, when that path is too long for Ray's sockets).
 
 Flower's simulation engine gives its virtual SuperNodes random node ids; they are
-interchangeable workers over one dataset, so the ClientApp trains the partition of the
-client the server's registry assigned to the node (``assigned_data``), and results match
-the deployment and :func:`fedkit.simulate`.
+interchangeable workers over one dataset, so their ClientApp should train the partition of
+the client the server's registry assigned to the node (``experiments.flower_app`` does).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedkit.flower.apps import make_client_app, make_server_app
 from fedkit.flower.env import FLOWER_ENV
 
 RAY_TMP_MAX = 40  # longer temp dirs go to a short directory under the system temp dir
@@ -27,28 +23,19 @@ RAY_START_ATTEMPTS = 2  # Ray's node start (not the run) is retried once when it
 
 
 def run_flower_simulation(
+    server_app: Any,
+    client_app: Any,
     run_dir: str | Path,
-    run_config: Mapping[str, Any] | None = None,
     *,
-    num_supernodes: int | None = None,
+    num_supernodes: int,
     num_cpus: int = 2,
     cpus_per_client: float = 1.0,
-) -> dict[str, Any]:
-    """Run the fedkit Flower App under Flower's simulation engine and return its results
-    record (``log-dir/record.json``; ``checkpoint-dir`` and ``log-dir`` default to
-    ``run_dir/checkpoints`` and ``run_dir/logs``). ``num_supernodes`` defaults to the
-    task's client count (``task-clients``)."""
-    from flwr.simulation import run_simulation  # needs flwr[simulation] (Ray)
+) -> None:
+    """Run ``server_app`` and ``client_app`` on Flower's simulation engine with
+    ``num_supernodes`` virtual SuperNodes (needs ``flwr[simulation]``)."""
+    from flwr.simulation import run_simulation
 
     run_dir = Path(run_dir).resolve()
-    config = {
-        "checkpoint-dir": str(run_dir / "checkpoints"),
-        "log-dir": str(run_dir / "logs"),
-        **dict(run_config or {}),
-    }
-    nodes = int(num_supernodes or config.get("task-clients", 3))
-    config.setdefault("task-clients", nodes)
-    config.setdefault("min-nodes", nodes)
     ray_tmp = run_dir / "ray"
     own_tmp = len(str(ray_tmp)) > RAY_TMP_MAX  # Ray's socket paths must fit in 107 bytes
     if own_tmp:
@@ -68,9 +55,9 @@ def run_flower_simulation(
         for attempt in range(1, RAY_START_ATTEMPTS + 1):
             try:
                 run_simulation(
-                    server_app=make_server_app(run_config=config),
-                    client_app=make_client_app(run_config=config, assigned_data=True),
-                    num_supernodes=nodes,
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=num_supernodes,
                     backend_config=backend,
                 )
                 break
@@ -83,7 +70,6 @@ def run_flower_simulation(
     finally:
         if own_tmp:
             shutil.rmtree(ray_tmp, ignore_errors=True)
-    return json.loads((Path(config["log-dir"]) / "record.json").read_text())
 
 
 def _ray_start_timed_out(exc: BaseException) -> bool:

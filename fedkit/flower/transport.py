@@ -9,12 +9,13 @@ Per round:
 2. each client the plan asks to train gets one ``train`` message, sent to the node the
    registry maps to it: the global parameters and their ParamSpec, the round, the client
    id, its work, the key it trains with (``fold_in(k_clients, client)``, the simulation's)
-   and the strategy's client config as plain data (:mod:`fedkit.flower.wire`). A client
+   and the strategy's client config as plain data (:mod:`fedkit.flower.requests`). A client
    without a live node is lost as ``unavailable``;
 3. replies are pulled until all are in or ``round_deadline`` seconds have passed. A reply
-   belongs to the node the message was sent to: one whose sender is another node, or whose
-   payload claims another client, is rejected as ``impersonation``; a second reply to one
-   message is ignored. Error replies (node unavailable, ClientApp error) and missing ones
+   belongs to the node the message was sent to, which must have signed it with its
+   registered key (:mod:`fedkit.flower.signing`; Flower itself does not check who wrote a
+   reply): an unsigned or forged reply is rejected as ``bad_signature``, one whose payload
+   claims another client as ``impersonation``; a second reply to one message is ignored. Error replies (node unavailable, ClientApp error) and missing ones
    are lost by reason; a node refusing a round (its privacy floor) is lost as ``refused``
    and counted by reason in the round's ``refusals``. No reply can stop the run.
 """
@@ -32,8 +33,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedkit.core.flat import ParamSpec
 from fedkit.core.keys import Key
-from fedkit.flower import wire
+from fedkit.flower import signing, wire
 from fedkit.flower.registry import NodeRegistry
+from fedkit.flower.requests import request_fields
 from fedkit.replies import Reply
 from fedkit.run.plan import RoundPlan
 from fedkit.run.records import describe
@@ -49,12 +51,14 @@ NODE_UNAVAILABLE = 5  # flwr.common.constant.ErrorCode.NODE_UNAVAILABLE
 class LoopConfig:
     """How the server waits: seconds for nodes to appear (``sample_timeout``) and for
     replies (``round_deadline``), the nodes it waits for (``min_nodes``) and how often it
-    polls (``poll_interval``)."""
+    polls (``poll_interval``); whether replies must carry their node's signature
+    (``signed_replies``: needs SuperNode authentication, :mod:`fedkit.flower.signing`)."""
 
     round_deadline: float = 120.0
     sample_timeout: float = 60.0
     min_nodes: int = 1
     poll_interval: float = 0.2
+    signed_replies: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.round_deadline <= 0 or self.sample_timeout < 0 or self.poll_interval <= 0:
@@ -87,15 +91,7 @@ def train_message(
     """The ``train`` message of round ``r`` asking ``node`` to train as ``client``."""
     content = RecordDict()
     wire.write_params(content, params, spec)
-    content[FEDKIT] = ConfigRecord(
-        {
-            "round": r,
-            "client": client,
-            "work": work,
-            "key": key.to_hex(),
-            "client-config": wire.client_config_to_json(strategy.client),
-        }
-    )
+    content[FEDKIT] = ConfigRecord(request_fields(r, client, work, key, strategy.client))
     return Message(
         content=content, dst_node_id=node, message_type="train", group_id=str(r), ttl=ttl
     )
@@ -192,6 +188,7 @@ class FlowerTransport:
             for mid, m, c in zip(ids, messages, client_of_message, strict=True)
         }
         arrived = self.collect(sent, time.monotonic() + cfg.round_deadline)
+        keys = self.public_keys() if cfg.signed_replies else {}
         replies: list[Reply] = []
         rejected: Counter[str] = Counter()
         refusals: Counter[str] = Counter()
@@ -206,6 +203,11 @@ class FlowerTransport:
                 lost["node_unavailable" if unavailable else "client_error"] += 1
                 continue
             book = message.content.config_records.get(FEDKIT, ConfigRecord())
+            if cfg.signed_replies:
+                digest = signing.reply_digest(mid, message.content)
+                if not signing.verify(keys.get(node), digest, book.get(signing.SIGNATURE)):
+                    rejected["bad_signature"] += 1
+                    continue
             claimed = book.get("client")
             if int(message.metadata.src_node_id) != node or claimed != client:
                 rejected["impersonation"] += 1
@@ -229,6 +231,13 @@ class FlowerTransport:
             client_stats=stats,
             metrics=metrics,
         )
+
+    def public_keys(self) -> dict[int, Any]:
+        """``{node id: public key}`` as the SuperLink registered them (``None`` for a node
+        without an EC key)."""
+        return {
+            int(info.node_id): signing.public_key(info.public_key) for info in self.grid.get_nodes()
+        }
 
     def collect(self, sent: dict[str, tuple[int, int]], deadline: float) -> list[Message]:
         """Pull replies until every message has one or ``deadline``; at most one reply per

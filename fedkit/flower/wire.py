@@ -10,17 +10,13 @@ its input comes from the server it chose to trust); the server side is lenient
 
 from __future__ import annotations
 
-import importlib
-import json
 import math
 from typing import Any
 
-import attrs
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedkit.client import ClientConfig
 from fedkit.core.flat import ParamSpec
 
 PARAMS = "params"
@@ -123,34 +119,3 @@ def read_update(content: RecordDict, spec: ParamSpec, max_bytes: int) -> Any:
         return torch.from_numpy(np.array(array, copy=True))
     except Exception:
         return None
-
-
-def client_config_to_json(cfg: ClientConfig) -> str:
-    """The strategy's client config as the JSON of a ``train`` message. A DP-SGD setting
-    (an attrs class) travels as its ``"module:Class"`` path and fields, so the ClientApp
-    trains with the very same setting (:func:`client_config_from_json`)."""
-    fields = attrs.asdict(cfg, recurse=False)
-    setting = fields.pop("dp_sgd")
-    fields["betas"] = list(fields["betas"])
-    if setting is not None:
-        cls = type(setting)
-        if not attrs.has(cls):
-            raise TypeError(f"dp_sgd must be an attrs class to travel, got {cls.__name__}")
-        fields["dp_sgd"] = {
-            "class": f"{cls.__module__}:{cls.__qualname__}",
-            "fields": attrs.asdict(setting),
-        }
-    return json.dumps(fields)
-
-
-def client_config_from_json(text: str) -> ClientConfig:
-    """Inverse of :func:`client_config_to_json` (the DP-SGD setting's class is imported by
-    its path; :class:`ClientConfig` checks that it is a
-    :class:`fedkit.protocols.DPSGDSetting`)."""
-    fields = json.loads(text)
-    setting = fields.pop("dp_sgd", None)
-    if setting is not None:
-        module, _, name = str(setting["class"]).partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        fields["dp_sgd"] = cls(**setting["fields"])
-    return ClientConfig(**fields)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,14 +143,22 @@ class RecordFiles(Callback):
 
 class TensorBoard(Callback):
     """TensorBoard scalars of every round in ``directory`` (events of rounds a resumed run
-    replays are purged)."""
+    replays are purged). Without the ``tensorboard`` package (not a dependency of the core)
+    it warns once and writes nothing."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.board: TensorBoardLog | None = None
 
     def on_run_start(self, run: Run) -> None:
-        self.board = TensorBoardLog(self.directory, purge_step=run.state.round + 1)
+        try:
+            self.board = TensorBoardLog(self.directory, purge_step=run.state.round + 1)
+        except ImportError as exc:
+            warnings.warn(
+                f"no TensorBoard scalars: {exc} (install fedkit's 'experiments' extra)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_round_end(self, run: Run, metrics: dict[str, Any]) -> None:
         if self.board is not None:

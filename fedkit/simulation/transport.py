@@ -15,16 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import torch
 
 from fedkit.core.keys import fold_in, split
-from fedkit.protocols import FaultModel, NoFaults
+from fedkit.protocols import Adversary, FaultModel, NoFaults
 from fedkit.replies import Reply
 from fedkit.run.plan import RoundPlan
 from fedkit.run.records import describe
 from fedkit.run.transport import Exchange
 from fedkit.simulation.delivery import deliver
-from fedkit.simulation.jobs import ClientJob
-from fedkit.strategy import ServerState
+from fedkit.simulation.jobs import ClientJob, LocalResults
+from fedkit.strategy import ServerState, Strategy
 from fedkit.tasks.base import SupervisedTask
 
 
@@ -57,37 +58,11 @@ class InProcessTransport:
             "checkpoint_every": self.checkpoint_every,
         }
 
-    def jobs(self, plan: RoundPlan) -> list[ClientJob]:
-        """One job per sampled client; the adversary poisons its clients' data."""
-        task, adversary = self.run.task, self.run.adversary
-        supervised = isinstance(task, SupervisedTask)
-        k_data = plan.keys.data
-        out = []
-        for c, units, bad in zip(
-            plan.clients.tolist(), plan.work.tolist(), plan.byzantine.tolist(), strict=True
-        ):
-            x = y = None
-            if supervised:
-                x, y = task.client_x[c], task.client_y[c]
-                if bad and units > 0:
-                    x, y = adversary.poison_data(c, x, y, fold_in(k_data, c))
-            out.append(ClientJob(client=c, work=units, key=plan.keys.client(c), x=x, y=y))
-        return out
-
     def exchange(self, state: ServerState, plan: RoundPlan) -> Exchange:
         run = self.run
-        local = self.engine.train(run.task, state.params, self.jobs(plan), run.strategy.client)
-        updates, byz = local.updates, plan.byzantine
-        if bool(byz.any()):
-            weights = local.num_examples.to(updates.dtype)
-            updates = run.adversary.poison_updates(
-                updates, byz, weights, plan.round, plan.keys.updates
-            )
-            if tuple(updates.shape) != tuple(local.updates.shape):
-                raise ValueError(
-                    f"adversary.poison_updates returned shape {tuple(updates.shape)}, "
-                    f"expected {tuple(local.updates.shape)}"
-                )
+        local, updates = train_planned(
+            run.task, run.strategy, run.adversary, self.engine, state.params, plan
+        )
         sizes, losses = local.num_examples.tolist(), local.loss.tolist()
         steps, trained = local.steps.tolist(), local.trained.tolist()
         clients = plan.clients.tolist()
@@ -121,3 +96,45 @@ class InProcessTransport:
             client_stats=stats,
             server_crash=arrived.server_crash,
         )
+
+
+def planned_jobs(task: Any, adversary: Adversary, plan: RoundPlan) -> list[ClientJob]:
+    """One job per sampled client; the adversary poisons its clients' data."""
+    supervised = isinstance(task, SupervisedTask)
+    k_data = plan.keys.data
+    out = []
+    for c, units, bad in zip(
+        plan.clients.tolist(), plan.work.tolist(), plan.byzantine.tolist(), strict=True
+    ):
+        x = y = None
+        if supervised:
+            x, y = task.client_x[c], task.client_y[c]
+            if bad and units > 0:
+                x, y = adversary.poison_data(c, x, y, fold_in(k_data, c))
+        out.append(ClientJob(client=c, work=units, key=plan.keys.client(c), x=x, y=y))
+    return out
+
+
+def train_planned(
+    task: Any,
+    strategy: Strategy,
+    adversary: Adversary,
+    engine: Any,
+    params: torch.Tensor,
+    plan: RoundPlan,
+) -> tuple[LocalResults, torch.Tensor]:
+    """The planned round's local training as the simulation computes it: every sampled
+    client trains (the adversary's on poisoned data), then the adversary rewrites its rows
+    knowing what its threat model allows. ``(local results, update rows [m, d])``. The
+    deployment's adversary nodes call this too, on their own copy of the experiment."""
+    local = engine.train(task, params, planned_jobs(task, adversary, plan), strategy.client)
+    updates, byz = local.updates, plan.byzantine
+    if bool(byz.any()):
+        weights = local.num_examples.to(updates.dtype)
+        updates = adversary.poison_updates(updates, byz, weights, plan.round, plan.keys.updates)
+        if tuple(updates.shape) != tuple(local.updates.shape):
+            raise ValueError(
+                f"adversary.poison_updates returned shape {tuple(updates.shape)}, "
+                f"expected {tuple(local.updates.shape)}"
+            )
+    return local, updates

@@ -94,6 +94,14 @@ class SupervisedTask:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, y)
 
+    def per_example_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of each example: cross-entropy with this class's ``loss``; a subclass with
+        its own ``loss`` gets that loss applied to each example on its own (override this
+        too for speed)."""
+        if type(self).loss is SupervisedTask.loss:
+            return nn.functional.cross_entropy(logits, y, reduction="none")
+        return torch.func.vmap(lambda lg, t: self.loss(lg.unsqueeze(0), t.unsqueeze(0)))(logits, y)
+
     def train_client(
         self, params: torch.Tensor, client: int, cfg: Any, work: int, key: Key
     ) -> tuple[torch.Tensor, int, dict[str, Any]]:

@@ -31,7 +31,7 @@ def run_experiment(name: str, run_dir: Path, **variables) -> dict:
     from chaoslib.experiment import run_experiment as chaos_run
     from chaoslib.loader import load_experiment
 
-    from chaos import deploy_actions
+    from experiments import chaos_actions
 
     experiment = load_experiment(str(EXPERIMENTS / f"{name}.json"))
     ensure_experiment_is_valid(experiment)
@@ -43,7 +43,7 @@ def run_experiment(name: str, run_dir: Path, **variables) -> dict:
             experiment_vars=merge_vars({"run_dir": str(run_dir), **variables}),
         )
     finally:
-        deploy_actions.stop_deployment(experiment["configuration"]["name"])
+        chaos_actions.stop_deployment(experiment["configuration"]["name"])
 
 
 def outputs(journal: dict) -> dict:
@@ -56,7 +56,7 @@ def test_killed_supernode_round_completes_and_node_rejoins(tmp_path):
     assert journal["status"] == "completed", journal["status"]
     assert not journal["deviated"]
     assert outputs(journal)["run-finished"] == "finished:completed"
-    rounds = json.loads((tmp_path / "run" / "logs" / "record.json").read_text())["metrics"]
+    rounds = json.loads((tmp_path / "run" / "record.json").read_text())["metrics"]
     # round 2 was in flight when node 2 died: it completed with the two others
     assert (rounds[1]["accepted"], sum(rounds[1]["lost"].values())) == (2, 1)
     assert not any(m["quorum_missed"] for m in rounds)

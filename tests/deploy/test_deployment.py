@@ -1,7 +1,11 @@
-"""A real local deployment (TLS + SuperNode authentication): equivalence with the in-process
-simulation, malformed updates rejected and counted, unregistered keys and clients without
-the CA refused. One deployment (4 SuperNodes, node 3 sends NaN updates) serves every test
-in this module; it is torn down (every process group) whatever happens."""
+"""A real local deployment (TLS + SuperNode authentication) running experiment configs.
+
+One deployment of six SuperNodes serves most tests: nodes 0–2 are honest, node 3 sends NaN
+updates, node 4 trains honestly but claims to be client 0 (impersonation), node 5 holds a
+privacy floor (DP-SGD with noise ≥ 1.0) and so refuses plain FedAvg. A FedAvg run over
+clients 0–2 equals ``fedkit run`` of the same config; a run over all six counts each kind of
+misbehaviour and goes on. Unregistered keys and clients without the CA are refused. Every
+process is torn down whatever happens."""
 
 import subprocess
 import time
@@ -9,23 +13,30 @@ import time
 import pytest
 import torch
 from conftest import needs_flower
+from deploy_helpers import (
+    deployed_params,
+    experiment,
+    record,
+    run_config,
+    simulated_params,
+)
 
-from fedkit.flower.local import LocalDeployment, Node
+from experiments.flower_app import APP
+from fedkit.flower.local import LocalDeployment, Node, free_port, stop_group
 from fedkit.flower.pki import make_node_key, make_server_pki
-from fedkit.flower.settings import Settings, build_strategy, build_task
 from fedkit.run import checkpoint as ckpt
-from fedkit.simulation import simulate
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow, needs_flower, pytest.mark.timeout(1800)]
 
 ROUNDS = 2
-BASE = {"rounds": ROUNDS, "seed": 0, "min-nodes": 4, "round-deadline": 300.0}
+FLOOR = '{"min_noise_multiplier": 1.0}'
+NODES = [{}, {}, {}, {"corrupt": "nan"}, {"impersonate": 0}, {"privacy-floor": FLOOR}]
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("deploy")
-    d = LocalDeployment(run_dir, nodes=4, node_configs=[{}, {}, {}, {"corrupt": "nan"}])
+    d = LocalDeployment(run_dir, nodes=len(NODES), node_configs=NODES, app=APP)
     try:
         d.start()
         yield d
@@ -33,66 +44,67 @@ def deployment(tmp_path_factory):
         d.close()
 
 
-def run(deployment, name: str, **config) -> dict:
+def run(deployment, name: str, cfg: dict) -> dict:
     out = deployment.run_dir / name
-    run_config = {
-        **BASE,
-        **config,
-        "checkpoint-dir": str(out / "checkpoints"),
-        "log-dir": str(out / "logs"),
-    }
-    run_id = deployment.submit(run_config)
+    run_id = deployment.submit(run_config(cfg, out, **{"min-nodes": len(NODES)}))
     status = deployment.wait(run_id, timeout=1200)
-    return {"status": status, "dir": out, "config": run_config}
+    return {"status": status, "out": out, "cfg": cfg}
 
 
 @pytest.fixture(scope="module")
 def honest_run(deployment):
-    """Clients 0..2 (node 3 holds no client of this task)."""
-    return run(deployment, "honest", **{"task-clients": 3})
+    """Clients 0..2 (nodes 3..5 hold no client of this task)."""
+    cfg = experiment("task=digits", "num_clients=3", f"rounds={ROUNDS}")
+    return run(deployment, "honest", cfg)
 
 
 @pytest.fixture(scope="module")
-def malicious_run(deployment):
-    """Clients 0..3; client 3's node sends NaN updates."""
-    return run(deployment, "malicious", **{"task-clients": 4})
+def hostile_run(deployment):
+    """Clients 0..5: NaN updates, an impersonator, a refusal."""
+    cfg = experiment("task=digits", "num_clients=6", f"rounds={ROUNDS}")
+    return run(deployment, "hostile", cfg)
 
 
-def record(result) -> dict:
-    import json
-
-    return json.loads((result["dir"] / "logs" / "record.json").read_text())
-
-
-def test_deployment_final_parameters_equal_the_simulation(honest_run):
+def test_deployment_equals_fedkit_run_of_the_same_config(honest_run, tmp_path):
     assert honest_run["status"] == "finished:completed"
-    settings = Settings.from_run_config(honest_run["config"])
-    task, strategy = build_task(settings), build_strategy(settings)
-    expected = simulate(task, strategy, rounds=ROUNDS, key=0, engine="sequential")
-    final = ckpt.load_latest(honest_run["dir"] / "checkpoints")
-    assert final.round == ROUNDS
-    got = final.tree["state"].params
-    torch.testing.assert_close(got, expected.final_params, rtol=1e-5, atol=1e-6)
+    got = deployed_params(honest_run["out"])
+    expected = simulated_params(honest_run["cfg"], tmp_path)
+    assert float((got - expected).abs().max()) <= 1e-5
+    final = ckpt.load_latest(honest_run["out"] / "checkpoints")
+    assert final.round == ROUNDS and torch.equal(final.tree["state"].params, got)
 
 
 def test_every_round_is_recorded_checkpointed_and_logged(honest_run):
-    rec = record(honest_run)
-    assert rec["format"] == "fedkit.run/1"
+    rec = record(honest_run["out"])
+    assert rec["format"] == "fedkit.run/1" and rec["run"]["engine_used"] == "flower-deployment"
+    assert rec["labels"]["task"] == "digits" and rec["config"]["num_clients"] == 3
     assert [m["round"] for m in rec["metrics"]] == list(range(1, ROUNDS + 1))
     assert all(m["accepted"] == 3 and m["lost"] == {} for m in rec["metrics"])
     assert rec["final"]["test_accuracy"] is not None
-    assert sorted(ckpt.rounds_on_disk(honest_run["dir"] / "checkpoints")) == [1, 2]
-    assert list((honest_run["dir"] / "logs").glob("events.out.tfevents.*"))
+    assert sorted(ckpt.rounds_on_disk(honest_run["out"] / "checkpoints")) == [1, 2]
+    assert list(honest_run["out"].glob("events.out.tfevents.*"))
+    assert (honest_run["out"] / "events.jsonl").exists()
 
 
-def test_nan_updates_are_rejected_counted_and_the_run_goes_on(malicious_run):
-    assert malicious_run["status"] == "finished:completed"
-    rec = record(malicious_run)
+def test_nan_impersonation_and_refusal_are_counted_and_the_run_goes_on(hostile_run):
+    assert hostile_run["status"] == "finished:completed"
+    rec = record(hostile_run["out"])
     assert len(rec["metrics"]) == ROUNDS
     for m in rec["metrics"]:
-        assert m["rejected"] == {"non_finite": 1}
+        assert m["rejected"] == {"non_finite": 1, "impersonation": 1}, m
+        assert m["lost"] == {"refused": 1} and m["refusals"] == {"no_dp_sgd": 1}, m
         assert m["accepted"] == 3
-    assert rec["counters"]["rejected"] == {"non_finite": ROUNDS}
+    assert rec["counters"]["rejected"] == {"non_finite": ROUNDS, "impersonation": ROUNDS}
+
+
+def test_a_second_run_into_a_used_out_dir_is_refused_unless_it_resumes(deployment, honest_run):
+    again = deployment.submit(run_config(honest_run["cfg"], honest_run["out"]))
+    assert deployment.wait(again, timeout=600) == "finished:failed"
+    resumed = deployment.submit(
+        run_config(honest_run["cfg"], honest_run["out"], resume=True, **{"min-nodes": 3})
+    )
+    assert deployment.wait(resumed, timeout=600) == "finished:completed"
+    assert record(honest_run["out"])["run"]["resumed_from"] == ROUNDS
 
 
 def extra_node(deployment, name: str) -> Node:
@@ -109,15 +121,11 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
 
 def test_a_node_with_an_unregistered_key_is_refused(deployment):
     node = extra_node(deployment, "intruder")
-    from fedkit.flower.local import free_port
-
     node.port = free_port()
     proc = deployment._spawn(deployment.node_cmd(node), deployment.env(node.home), "intruder.log")
     try:
         code = wait_exit(proc, 300)
     finally:
-        from fedkit.flower.local import stop_group
-
         stop_group(proc)
     assert code is not None and code != 0, "an unregistered SuperNode must be refused"
     log = (deployment.run_dir / "intruder.log").read_text(errors="replace")
@@ -126,8 +134,6 @@ def test_a_node_with_an_unregistered_key_is_refused(deployment):
 
 
 def test_a_client_without_the_ca_cannot_connect(deployment, tmp_path):
-    from fedkit.flower.local import free_port, stop_group
-
     other_ca = make_server_pki(tmp_path / "other").ca
     node = deployment.node_list[0]
     cmd = deployment.node_cmd(node)

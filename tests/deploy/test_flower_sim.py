@@ -1,15 +1,10 @@
-"""``engine=flower-sim``: the same apps under Flower's simulation engine (Ray) give the
+"""``fedkit deploy sim``: the experiment app under Flower's simulation engine (Ray) gives the
 in-process simulation's parameters."""
 
 import importlib.util
-import json
 
 import pytest
-import torch
-
-from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.run import checkpoint as ckpt
-from fedkit.simulation import simulate
+from deploy_helpers import deployed_params, experiment, record, simulated_params
 
 pytestmark = [
     pytest.mark.deploy,
@@ -21,30 +16,19 @@ pytestmark = [
 ]
 
 
-def test_flower_simulation_matches_in_process_simulation(tmp_path):
-    from fedkit.flower.sim import run_flower_simulation
-
-    config = {"task-clients": 3, "rounds": 2, "seed": 0, "round-deadline": 600.0}
-    record = run_flower_simulation(tmp_path / "run", config)
-    assert [m["accepted"] for m in record["metrics"]] == [3, 3]
-    settings = Settings.from_run_config(config)
-    expected = simulate(
-        build_task(settings), build_strategy(settings), rounds=2, key=0, engine="sequential"
-    )
-    got = ckpt.load_latest(tmp_path / "run" / "checkpoints").tree["state"].params
-    torch.testing.assert_close(got, expected.final_params, rtol=1e-5, atol=1e-6)
-
-
-def test_deploy_sim_command_runs_the_app_on_flowers_simulation(tmp_path, capsys):
+def test_deploy_sim_runs_the_experiment_app_on_flowers_simulation(tmp_path, capsys):
+    """``fedkit deploy sim`` of a config equals ``fedkit run`` of it."""
     from experiments.deploy_cli import main
 
-    run_dir = str(tmp_path / "run")
-    deadline = "round-deadline=600.0"
-    code = main(["sim", "--clients", "2", "--rounds", "1", "--run-dir", run_dir, "-c", deadline])
-    assert code == 0
-    record = json.loads((tmp_path / "run" / "logs" / "record.json").read_text())
-    assert [m["accepted"] for m in record["metrics"]] == [2]
-    assert "1 of 1 rounds" in capsys.readouterr().out
+    out = tmp_path / "run"
+    overrides = ["task=digits", "rounds=2", f"out_dir={out}"]
+    assert main(["sim", "--nodes", "3", *overrides]) == 0
+    assert "2 of 2 rounds" in capsys.readouterr().out
+    rec = record(out)
+    assert [m["accepted"] for m in rec["metrics"]] == [3, 3]
+    assert rec["run"]["engine_used"] == "flower-simulation"
+    expected = simulated_params(experiment("task=digits", "num_clients=3", "rounds=2"), tmp_path)
+    assert float((deployed_params(out) - expected).abs().max()) <= 1e-5
 
 
 def test_only_rays_node_start_timeout_is_retried():

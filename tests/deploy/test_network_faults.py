@@ -13,18 +13,16 @@ reliably but are marked ``chaos_deploy`` to keep the default run's time down (th
 itself is checked by default in ``test_nfqueue_delay.py``).
 """
 
-import json
 import time
 
 import pytest
 import torch
 from conftest import needs_flower
+from deploy_helpers import deployed_params, experiment, record, run_config, simulated_params
 
 from chaos import netns
+from experiments.flower_app import APP
 from fedkit.flower.local import LocalDeployment
-from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.run import checkpoint as ckpt
-from fedkit.simulation import simulate
 
 pytestmark = [
     pytest.mark.deploy,
@@ -39,7 +37,7 @@ pytestmark = [
 ]
 
 ROUNDS = 2
-CONFIG = {"rounds": ROUNDS, "seed": 0, "task-clients": 3, "min-nodes": 3, "round-deadline": 300.0}
+CONFIG = ("task=digits", "num_clients=3", f"rounds={ROUNDS}", "seed=0")
 HEALED_AFTER = 10.0  # seconds a partition or the resets last once the ServerApp runs
 
 # fault -> (apply, healed while the run goes on); BY_DEFAULT run without -m chaos_deploy
@@ -64,6 +62,7 @@ def deployment(tmp_path_factory):
             advertise=netns.SERVER_IP,
             server_wrap=topo.in_server(),
             node_wrap=topo.in_nodes(),
+            app=APP,
         )
         try:
             d.start()
@@ -73,10 +72,13 @@ def deployment(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected():
-    settings = Settings.from_run_config(CONFIG)
-    task, strategy = build_task(settings), build_strategy(settings)
-    return simulate(task, strategy, rounds=ROUNDS, key=0, engine="sequential").final_params
+def cfg():
+    return experiment(*CONFIG)
+
+
+@pytest.fixture(scope="module")
+def expected(cfg, tmp_path_factory):
+    return simulated_params(cfg, tmp_path_factory.mktemp("simulated"))
 
 
 def tasks_started(deployment) -> int:
@@ -97,16 +99,16 @@ def wait_for_new_task(deployment, before: int, timeout: float = 600.0) -> None:
     "fault",
     [pytest.param(f, marks=() if f in BY_DEFAULT else pytest.mark.chaos_deploy) for f in FAULTS],
 )
-def test_training_completes_under_fault_and_nothing_accepted_is_lost(fault, deployment, expected):
+def test_training_completes_under_fault_and_nothing_accepted_is_lost(
+    fault, deployment, cfg, expected
+):
     d, topo = deployment
     apply, healed = FAULTS[fault]
     out = d.run_dir / fault
     try:
         apply(topo)
         before = tasks_started(d)
-        run_id = d.submit(
-            {**CONFIG, "checkpoint-dir": str(out / "checkpoints"), "log-dir": str(out / "logs")}
-        )
+        run_id = d.submit(run_config(cfg, out, **{"min-nodes": 3}))
         if healed:  # the fault lasts HEALED_AFTER seconds into the run, then heals
             wait_for_new_task(d, before)
             time.sleep(HEALED_AFTER)
@@ -115,9 +117,8 @@ def test_training_completes_under_fault_and_nothing_accepted_is_lost(fault, depl
     finally:
         netns.heal(topo)
     assert status == "finished:completed"
-    record = json.loads((out / "logs" / "record.json").read_text())
-    assert [m["round"] for m in record["metrics"]] == list(range(1, ROUNDS + 1))
-    for m in record["metrics"]:
+    rec = record(out)
+    assert [m["round"] for m in rec["metrics"]] == list(range(1, ROUNDS + 1))
+    for m in rec["metrics"]:
         assert (m["accepted"], m["lost"], m["quorum_missed"]) == (3, {}, False), m
-    final = ckpt.load_latest(out / "checkpoints").tree["state"].params
-    torch.testing.assert_close(final, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(deployed_params(out), expected, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Flat vectors <-> ArrayRecords with the ParamSpec; certificates; run-config settings."""
+"""Flat vectors <-> ArrayRecords with the ParamSpec; certificates and node keys."""
 
 import ipaddress
 
@@ -11,7 +11,6 @@ from flwr.app import ArrayRecord, RecordDict
 from fedkit.core.flat import spec_of
 from fedkit.flower import wire
 from fedkit.flower.pki import make_node_key, make_server_pki
-from fedkit.flower.settings import DEFAULTS, Settings, build_strategy
 from fedkit.replies import validate
 
 SPEC = spec_of({"w": torch.zeros(3, 2), "b": torch.zeros(2)})
@@ -109,53 +108,3 @@ def test_node_keys_are_openssh(tmp_path):
     private, public = make_node_key(tmp_path, "n0")
     assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert b"OPENSSH PRIVATE KEY" in private.read_bytes()
-
-
-def test_settings_defaults_and_strategy():
-    s = Settings.from_run_config({"lr": 0.1, "quorum": 2, "clients-per-round": 2})
-    assert s.rounds == DEFAULTS["rounds"]
-    strategy = build_strategy(s)
-    assert (strategy.client.lr, strategy.quorum, strategy.clients_per_round) == (0.1, 2, 2)
-    with pytest.raises(ValueError, match="module:attr"):
-        build_strategy(Settings.from_run_config({"strategy": "nonsense"}))
-
-
-def test_deploy_cli_parses_overrides_and_defaults_to_tls_with_auth(tmp_path):
-    from experiments.deploy_cli import parse_args, parse_overrides
-    from fedkit.flower.local import LocalDeployment, toml_value
-
-    args = parse_args(["local", "--nodes", "2", "-c", "lr=0.1", "-c", 'task="digits"'])
-    assert (args.nodes, args.insecure, args.no_auth) == (2, False, False)
-    assert parse_overrides(args.config) == {"lr": 0.1, "task": "digits"}
-    assert [toml_value(v) for v in (True, 3, 0.5, "a")] == ["true", "3", "0.5", '"a"']
-    secure = LocalDeployment(tmp_path / "s", nodes=1)
-    assert (secure.insecure, secure.auth) == (False, True)
-    secure.pki = make_server_pki(tmp_path / "pki")
-    assert {"--enable-supernode-auth", "--ssl-certfile"} <= set(secure.superlink_cmd())
-    insecure = LocalDeployment(tmp_path / "i", nodes=1, insecure=True)
-    assert insecure.auth is False
-    assert "--insecure" in insecure.superlink_cmd()
-
-
-@pytest.mark.parametrize("with_dp", [False, True])
-def test_client_config_travels_unchanged_including_its_dp_sgd_setting(with_dp):
-    from fedkit.client import ClientConfig
-    from privacy.dpsgd import DPSGD
-
-    dp = DPSGD(max_grad_norm=0.7, noise_multiplier=1.3, batch_size=8) if with_dp else None
-    cfg = ClientConfig(epochs=2, lr=0.1, optimizer="adam", betas=(0.8, 0.9), dp_sgd=dp)
-    back = wire.client_config_from_json(wire.client_config_to_json(cfg))
-    assert back == cfg and type(back.dp_sgd) is type(cfg.dp_sgd)
-
-
-def test_a_dp_sgd_setting_that_cannot_travel_is_refused():
-    from fedkit.client import ClientConfig
-
-    class PlainSetting:  # implements the protocol but is no attrs class
-        max_grad_norm, noise_multiplier, batch_size = 1.0, 1.0, 4
-
-        def sample_rate(self, n):
-            return min(1.0, 4 / n)
-
-    with pytest.raises(TypeError, match="attrs class"):
-        wire.client_config_to_json(ClientConfig(dp_sgd=PlainSetting()))

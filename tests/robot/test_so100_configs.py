@@ -14,7 +14,12 @@ from fedkit.tasks.so100 import So100Config
 from fedkit.tasks.so100.fixture import SMOLVLM2_500M, TINY_SMOLVLM
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "experiments" / "configs" / "so100").glob("*.yaml"))
+# the so100(...) configs; fixture.yaml names the offline builder (test_so100_run_config.py)
+CONFIGS = sorted(
+    p
+    for p in (ROOT / "experiments" / "configs" / "so100").glob("*.yaml")
+    if OmegaConf.load(p).get("_target_") == "fedkit.tasks.so100.so100"
+)
 
 
 def _fields(path: Path) -> dict:

@@ -1,8 +1,8 @@
 """The SO-100 task through a real Flower deployment: a SuperLink and 3 SuperNodes (TLS +
-SuperNode authentication, as ``fedkit deploy local`` starts them), the fedkit ServerApp and
-ClientApp building the task from the run config (``task = "so100"``, ``task-dir`` = the
-offline fixture written once here), 3 clients, FedAvg for 2 rounds. The very same task and
-strategy in process (:func:`fedkit.simulate`) give the same losses and parameters.
+SuperNode authentication, as ``fedkit deploy local`` starts them) running the experiment
+config ``task=so100 so100@task=fixture task.directory=DIR`` (the offline fixture written
+once here), 3 clients, FedAvg for 2 rounds. ``fedkit run`` of the same config in process
+gives the same losses and parameters.
 
 Every Flower process gets HF_HUB_OFFLINE=1 (this module's environment, inherited, and
 :data:`fedkit.flower.env.OFFLINE_ENV`). The run's results record (``record.json``) holds
@@ -16,13 +16,14 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from experiments.flower_app import APP, compose
+from experiments.run import run_experiment
 from fedkit.core.keys import key, split
 from fedkit.flower.env import FLOWER_ENV
 from fedkit.flower.local import DeployError, LocalDeployment, flower_bin
-from fedkit.flower.settings import Settings, build_strategy, build_task
-from fedkit.run import checkpoint as ckpt
-from fedkit.simulation import simulate
+from fedkit.tasks.registry import build_task
 from fedkit.tasks.so100.fixture import make_offline_fixture
 
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -52,31 +53,34 @@ CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """One deployment run: its final status, results record and run config."""
+    """One deployment run: its final status, results record and experiment config."""
     base = tmp_path_factory.mktemp("so100_deploy")
     make_offline_fixture(base / "fixture")
     out = base / "run"
-    config = {
-        "task": "so100",
-        "task-dir": str(base / "fixture"),
-        "task-clients": CLIENTS,
-        "seed": 0,
-        "rounds": ROUNDS,
-        "lr": 0.01,
-        "local-epochs": 1,
+    cfg = compose(
+        [
+            "task=so100",
+            "so100@task=fixture",
+            f"task.directory={base / 'fixture'}",
+            f"num_clients={CLIENTS}",
+            f"rounds={ROUNDS}",
+            "client.lr=0.01",
+            "seed=0",
+        ]
+    )
+    run_config = {
+        "experiment": json.dumps(cfg),
+        "out-dir": str(out),
         "min-nodes": CLIENTS,
         "round-deadline": 600.0,
         "sample-timeout": 300.0,
-        "checkpoint-dir": str(out / "checkpoints"),
-        "log-dir": str(out / "logs"),
     }
-    with LocalDeployment(base / "deployment", nodes=CLIENTS) as deployment:
+    with LocalDeployment(base / "deployment", nodes=CLIENTS, app=APP) as deployment:
         deployment.start()
-        # Each status poll is a `flwr` CLI process (~1 s of CPU): poll rarely on 2 cores.
-        status = deployment.wait(deployment.submit(config), timeout=800, poll=5.0)
-    record_path = out / "logs" / "record.json"
+        status = deployment.wait(deployment.submit(run_config), timeout=800, poll=5.0)
+    record_path = out / "record.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else None
-    return {"status": status, "record": record, "config": config, "dir": out}
+    return {"status": status, "record": record, "cfg": cfg, "dir": out, "base": base}
 
 
 def test_the_deployment_lowers_the_held_out_action_loss(deployed):
@@ -88,33 +92,20 @@ def test_the_deployment_lowers_the_held_out_action_loss(deployed):
     assert [m["round"] for m in metrics] == list(range(1, ROUNDS + 1))
     assert all(m["accepted"] == CLIENTS and m["lost"] == {} for m in metrics), metrics
     losses = [m["test_loss"] for m in metrics]
-    # The initial held-out loss: the same task (same run config) at the server's initial
-    # parameters, ``init(k_init)`` with ``k_init = split(key(seed), 3)[0]``.
-    settings = Settings.from_run_config(deployed["config"])
-    task = build_task(settings)
-    initial = task.evaluate(task.init(split(key(0), 3)[0]))["test_loss"]
+    # The initial held-out loss: the same task at the server's initial parameters,
+    # ``init(k_init)`` with ``k_init = split(key(seed), 4)[0]``.
+    task = build_task(deployed["cfg"]["task"])
+    initial = task.evaluate(task.init(split(key(0), 4)[0]))["test_loss"]
     assert losses[-1] < initial, (initial, losses)
     assert losses[-1] < losses[0], losses
 
-    # The same task and strategy in process: same losses, same final parameters. The
-    # ClientApps run with one torch thread (OMP_NUM_THREADS=1); so does this simulation, or
-    # the order of float reductions differs (2.6e-5 on 35 of 45760 parameters, seen here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        expected = simulate(
-            task,
-            build_strategy(settings),
-            rounds=ROUNDS,
-            key=0,
-            engine="sequential",
-            progress=False,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    assert losses == pytest.approx([m["test_loss"] for m in expected.metrics], rel=1e-5)
-    final = ckpt.load_latest(deployed["dir"] / "checkpoints")
-    assert final.round == ROUNDS
-    torch.testing.assert_close(
-        final.tree["state"].params, expected.final_params, rtol=1e-5, atol=1e-6
+    # fedkit run of the same config in process (sequential engine; one torch thread, as the
+    # ClientApps run: config threads=1): same losses, same final parameters.
+    local = deployed["base"] / "in_process"
+    expected = run_experiment(
+        {**deployed["cfg"], "engine": {"name": "sequential"}}, local, progress=False
     )
+    assert losses == pytest.approx([m["test_loss"] for m in expected["metrics"]], rel=1e-5)
+    got = load_file(str(deployed["dir"] / "record.safetensors"))["params"]
+    want = load_file(str(local / "record.safetensors"))["params"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

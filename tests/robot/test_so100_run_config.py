@@ -1,40 +1,33 @@
-"""The run-config hook that lets the Flower apps build the SO-100 task (``task = "so100"``):
-the key is declared where Flower checks overrides, and a missing fixture is a clear error
-naming the command that writes it. (The task itself, built this way, runs in
-``test_so100_deploy.py``.)"""
+"""The offline SO-100 fixture as an experiment config names it (``so100@task=fixture``):
+composed like any task, built by a client from the closed set of tasks, and a missing
+fixture is a clear error naming the command that writes it. (The task itself, built this
+way, runs deployed in ``test_so100_deploy.py``.)"""
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-
 import pytest
 
-from fedkit.flower.settings import DEFAULTS, Settings, build_task
-from fedkit.tasks.so100.run_config import fixture_paths
+from experiments.flower_app import compose
+from fedkit.tasks.registry import build_task
+from fedkit.tasks.so100.offline import fixture_paths
 
 pytestmark = pytest.mark.robot
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_task_dir_is_a_flower_run_config_key():
-    """Flower refuses ``--run-config`` keys the App does not declare."""
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert declared["config"]["task-dir"] == DEFAULTS["task-dir"] == ""
-    settings = Settings.from_run_config({"task": "so100", "task-dir": "/data/so100"})
-    assert settings.path("task-dir") == "/data/so100"
-    assert "_unknown" not in settings.values
-
-
-def test_so100_without_task_dir_is_refused():
-    with pytest.raises(ValueError, match="task-dir"):
-        build_task(Settings.from_run_config({"task": "so100"}))
+def test_the_fixture_task_composes_from_the_config_tree():
+    cfg = compose(["task=so100", "so100@task=fixture", "task.directory=/data/so100", "seed=3"])
+    assert cfg["task"] == {
+        "_target_": "fedkit.tasks.so100.offline.so100_fixture",
+        "directory": "/data/so100",
+        "num_clients": cfg["num_clients"],
+        "key": 3,
+    }
 
 
 def test_a_missing_fixture_names_the_command_that_writes_it(tmp_path):
+    task = {"_target_": "fedkit.tasks.so100.offline.so100_fixture", "directory": str(tmp_path)}
     with pytest.raises(FileNotFoundError, match=r"python -m fedkit\.tasks\.so100\.fixture"):
-        build_task(Settings.from_run_config({"task": "so100", "task-dir": str(tmp_path)}))
+        build_task(task)
     (tmp_path / "vlm").mkdir()
     (tmp_path / "vlm" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"info\.json"):

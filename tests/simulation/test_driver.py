@@ -136,7 +136,7 @@ def test_a_task_without_the_protocol_is_refused_by_name():
     class NotATask:
         name = "broken"
 
-    with pytest.raises(TypeError, match="NotATask does not implement fedkit.protocols.Task"):
+    with pytest.raises(TypeError, match=r"NotATask does not implement fedkit\.protocols\.Task"):
         run(NotATask(), strategy(), Silent(), rounds=1, key=0)
 
 

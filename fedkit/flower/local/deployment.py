@@ -13,11 +13,21 @@ Run status and SuperLink readiness are asked in-process through Flower's Control
 through the ``flwr`` CLI, polled slowly, only when it cannot (a SuperLink inside a network
 namespace).
 
+Nodes are warm by default (``warm=True``): each SuperNode runs with ``--isolation process``
+and short idle sleeps (:mod:`fedkit.flower.local.supernode`, at most ``node_poll`` s), and
+one launcher per node (:mod:`fedkit.flower.local.launcher`, polling every ``launcher_poll``
+s, log ``nodeN-launcher.log``) serves its ClientApp tasks from a forkserver that has torch
+and fedkit imported, instead of a new ``flwr-clientapp`` interpreter per message. Node and
+launcher share a per-node SuperExec auth secret (``run_dir/secrets``), so only the launcher
+may acquire the node's tasks; both run by file path (:func:`script`), so neither imports
+torch. ``warm=False`` is Flower's SuperExec; ``node_poll=None`` Flower's own sleeps.
+
 Every process runs in its own session (process group): SuperLink → superexec → serverapp,
-SuperNode → superexec → clientapp; :meth:`LocalDeployment.close` (also on ``with`` exit)
-sends SIGTERM to each group, then SIGKILL, then kills what is left of the deployment by its
-environment tag. Every Flower process gets :data:`fedkit.flower.env.FLOWER_ENV` and, unless
-the caller's environment says otherwise, :data:`fedkit.flower.env.OFFLINE_ENV`.
+SuperNode (→ superexec → clientapp), launcher → forkserver (its clientapps in groups of
+their own); :meth:`LocalDeployment.close` (also on ``with`` exit) sends SIGTERM to each
+group, then SIGKILL, then kills what is left of the deployment by its environment tag.
+Every Flower process gets :data:`fedkit.flower.env.FLOWER_ENV` and, unless the caller's
+environment says otherwise, :data:`fedkit.flower.env.OFFLINE_ENV`.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ from typing import Any
 import attrs
 
 from fedkit.flower.env import FLOWER_ENV, OFFLINE_ENV
+from fedkit.flower.local import launcher
+from fedkit.flower.local import supernode as fast_supernode
 from fedkit.flower.local.control import FEDERATION, ControlClient
 from fedkit.flower.local.processes import (
     MARKER,
@@ -47,7 +59,7 @@ from fedkit.flower.local.processes import (
     stop_group,
     tagged_pids,
 )
-from fedkit.flower.local.staging import FEDKIT_APP, AppSource, toml_value
+from fedkit.flower.local.staging import AppSource, toml_value
 from fedkit.flower.pki import ServerPKI, make_node_key, make_server_pki
 from fedkit.flower.registry import NodeRegistry
 from fedkit.run import checkpoint as ckpt
@@ -63,6 +75,8 @@ class Node:
     node_config: dict[str, Any]
     proc: subprocess.Popen | None = None
     node_id: int | None = None
+    launcher: subprocess.Popen | None = None
+    secret: Path | None = None  # SuperExec auth secret shared by the node and its launcher
 
 
 @attrs.define(eq=False)
@@ -71,15 +85,19 @@ class LocalDeployment:
 
     ``node_configs[i]`` adds keys to node ``i``'s ``--node-config`` (``partition-id=i`` is
     always set). ``server_wrap`` / ``node_wrap`` prefix the SuperLink's (and the ``flwr``
-    CLI's) and the nodes' commands (e.g. ``["ip", "netns", "exec", NS]``); ``host`` is the
-    address the SuperLink listens on, ``advertise`` (default ``host``) the one nodes and the
-    CLI dial (added to the server certificate)."""
+    CLI's) and the nodes' commands, launchers included (e.g. ``["ip", "netns", "exec",
+    NS]``); ``host`` is the address the SuperLink listens on, ``advertise`` (default
+    ``host``) the one nodes and the CLI dial (added to the server certificate). ``warm``:
+    one warm launcher per node instead of Flower's SuperExec, polling every
+    ``launcher_poll`` s (default: half of ``node_poll``); ``node_poll``: the SuperNodes'
+    longest idle sleep in seconds (default :func:`idle_poll`; ``None``: Flower's own 3 s);
+    see the module doc."""
 
     run_dir: Path = attrs.field(converter=Path)
     nodes: int = 3
     insecure: bool = False
     auth: bool = True
-    app: AppSource = attrs.field(factory=lambda: FEDKIT_APP)
+    app: AppSource | None = None
     host: str = "127.0.0.1"
     node_configs: Sequence[Mapping[str, Any]] = ()
     server_wrap: Sequence[str] = ()
@@ -94,6 +112,11 @@ class LocalDeployment:
     token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     control: ControlClient | None = None
     staged_app: Path | None = None
+    warm: bool = True
+    node_poll: float | None = attrs.field(
+        default=attrs.Factory(lambda self: idle_poll(self.nodes), takes_self=True)
+    )
+    launcher_poll: float | None = None  # default: half the nodes' idle poll
 
     def __attrs_post_init__(self) -> None:
         if self.nodes < 1:
@@ -101,6 +124,16 @@ class LocalDeployment:
         if self.insecure and self.auth:
             self.auth = False  # node authentication needs TLS
         self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def source(self) -> AppSource:
+        """The Flower App this deployment submits (``app``, e.g. fedkit's experiment app
+        ``experiments.flower_app.APP``)."""
+        if self.app is None:
+            raise DeployError(
+                "LocalDeployment needs app=: the Flower App to submit (an AppSource, e.g. "
+                "experiments.flower_app.APP)"
+            )
+        return self.app
 
     # ---- environment -------------------------------------------------------------------
     def env(self, home: Path, **extra: str) -> dict[str, str]:
@@ -164,16 +197,17 @@ class LocalDeployment:
             if self.auth:
                 key, pub = make_node_key(self.run_dir / "pki", f"node{i}")
             extra = dict(self.node_configs[i]) if i < len(self.node_configs) else {}
-            self.node_list.append(
-                Node(
-                    i,
-                    self.run_dir / f"node{i}",
-                    free_port(),
-                    key,
-                    pub,
-                    {"partition-id": i, **extra},
-                )
+            if key is not None:  # the ClientApp signs its replies with the node's key
+                extra.setdefault("signing-key", str(key))
+            node = Node(
+                i, self.run_dir / f"node{i}", free_port(), key, pub, {"partition-id": i, **extra}
             )
+            if self.warm:
+                node.secret = self.run_dir / "secrets" / f"node{i}.superexec"
+                node.secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                node.secret.touch(mode=0o600)
+                node.secret.write_bytes(os.urandom(32))
+            self.node_list.append(node)
         conn = [f"[superlink.{FEDERATION}]", f'address = "{self.address}"']
         if self.insecure:
             conn.append("insecure = true")
@@ -183,7 +217,7 @@ class LocalDeployment:
         (self.cli_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{FEDERATION}"\n\n' + "\n".join(conn) + "\n"
         )
-        self.staged_app = self.app.stage(self.run_dir / "app")
+        self.staged_app = self.source().stage(self.run_dir / "app")
 
     def superlink_cmd(self) -> list[str]:
         cmd = [
@@ -276,9 +310,13 @@ class LocalDeployment:
 
     def node_cmd(self, node: Node, key: Path | None = None) -> list[str]:
         config = " ".join(f"{k}={toml_value(v)}" for k, v in node.node_config.items())
+        if self.node_poll is None:
+            supernode = [flower_bin("flower-supernode")]
+        else:  # Flower's SuperNode, shorter idle sleeps
+            supernode = script(fast_supernode)
         cmd = [
             *self.node_wrap,
-            flower_bin("flower-supernode"),
+            *supernode,
             "--superlink",
             self.address,
             "--port",
@@ -290,6 +328,10 @@ class LocalDeployment:
             "--max-wait-time",
             "600",
         ]
+        if self.warm:  # tasks are served by the node's launcher (launcher_cmd)
+            cmd += ["--isolation", "process"]
+            if node.secret is not None:
+                cmd += ["--superexec-auth-secret-file", str(node.secret)]
         if self.insecure:
             return [*cmd, "--insecure"]
         cmd += ["--root-certificates", str(self.pki.ca)]
@@ -298,9 +340,36 @@ class LocalDeployment:
             cmd += ["--auth-supernode-private-key", str(key)]
         return cmd
 
+    def node_env(self, node: Node) -> dict[str, str]:
+        extra = {} if self.node_poll is None else {fast_supernode.POLL_ENV: str(self.node_poll)}
+        return self.env(node.home, **extra)
+
+    def launcher_cmd(self, node: Node) -> list[str]:
+        """The warm launcher serving ``node``'s ClientApp tasks (inside ``node_wrap``)."""
+        cmd = [
+            *self.node_wrap,
+            *script(launcher),
+            "--appio-api-address",
+            f"127.0.0.1:{node.port}",
+            "--poll",
+            str(self.launcher_poll or (self.node_poll or idle_poll(self.nodes)) / 2),
+            "--grace",
+            "2",
+        ]
+        if node.secret is not None:
+            cmd += ["--superexec-auth-secret-file", str(node.secret)]
+        if node.proc is not None:
+            cmd += ["--parent-pid", str(node.proc.pid)]
+        return cmd
+
     def start_node(self, i: int) -> None:
+        """Start SuperNode ``i`` (and, when warm, its launcher)."""
         node = self.node_list[i]
-        node.proc = self._spawn(self.node_cmd(node), self.env(node.home), f"node{i}.log")
+        node.proc = self._spawn(self.node_cmd(node), self.node_env(node), f"node{i}.log")
+        if self.warm:
+            node.launcher = self._spawn(
+                self.launcher_cmd(node), self.node_env(node), f"node{i}-launcher.log"
+            )
 
     def start(self) -> LocalDeployment:
         """Prepare, start the SuperLink, register the nodes and start them."""
@@ -340,11 +409,11 @@ class LocalDeployment:
         """Start the app with ``run_config`` overrides (``flwr run``: in-process through
         the Control API where reachable, else the CLI); the run id. The provisioned node
         registry is passed as ``registry`` unless the run config names one."""
-        app = self.staged_app or self.app.stage(self.run_dir / "app")
+        app = self.staged_app or self.source().stage(self.run_dir / "app")
         self.staged_app = app
         path = None
         run_config = dict(run_config or {})
-        if self.registry_path.exists() and "registry" in self.app.config:
+        if self.registry_path.exists() and "registry" in self.source().config:
             run_config.setdefault("registry", str(self.registry_path))
         if run_config:
             path = self.run_dir / f"run-config-{time.monotonic_ns()}.toml"
@@ -394,32 +463,44 @@ class LocalDeployment:
                 raise DeployError(f"run {run_id} not finished after {timeout} s ({status})")
             time.sleep(poll)
 
-    def _kill(self, proc: subprocess.Popen | None, home: Path) -> None:
-        if proc is None:
+    def _kill(self, home: Path, *procs: subprocess.Popen | None) -> None:
+        for proc in procs:
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        if not any(procs):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
         for pid in tagged_pids(self.token, home):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        proc.wait()
+        for proc in procs:
+            if proc is not None:
+                proc.wait()
 
     def kill_superlink(self) -> None:
         """``kill -9`` the SuperLink with its superexec and ServerApp."""
         self.drop_controller()
-        self._kill(self.superlink, self.run_dir / "superlink")
+        self._kill(self.run_dir / "superlink", self.superlink)
 
     def kill_node(self, i: int) -> None:
-        """``kill -9`` SuperNode ``i`` with its superexec and ClientApps."""
+        """``kill -9`` SuperNode ``i`` with its superexec (or launcher) and ClientApps."""
         node = self.node_list[i]
-        self._kill(node.proc, node.home)
+        self._kill(node.home, node.proc, node.launcher)
 
     def close(self) -> None:
         """Stop every process group this deployment started (nodes first)."""
         self.drop_controller()
-        for node in self.node_list:
-            if node.proc is not None:
-                stop_group(node.proc)
+        procs = [p for n in self.node_list for p in (n.launcher, n.proc) if p is not None]
+        for proc in procs:  # all nodes and launchers shut down at once, then are waited for
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        end = time.monotonic() + 5.0
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(end - time.monotonic(), 0.1))
+            with contextlib.suppress(ProcessLookupError):  # stragglers, what the group left
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         if self.superlink is not None:
             stop_group(self.superlink)
         for pid in tagged_pids(self.token):  # detached children (superexec, apps)
@@ -434,6 +515,25 @@ class LocalDeployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def idle_poll(nodes: int, cpus: int | None = None) -> float:
+    """Default idle poll of a local deployment's SuperNodes (s); launchers poll twice as
+    often. A poll costs CPU whether or not a message waits: ~11 ms per SuperNode pull (its
+    share and the SuperLink's: TLS, node authentication, a state query) and ~3 ms per
+    launcher poll (both measured on a 2-core machine, ``benchmarks/results/deployment.md``).
+    The interval grows with nodes per core to keep idle polling near 15 % of the machine:
+    0.1 s (the floor) up to ~2 nodes per core, 0.66 s for 12 nodes on 2 cores, at most 1 s;
+    a message then waits half an interval on average before its node sees it."""
+    cpus = cpus or os.cpu_count() or 1
+    return min(1.0, max(0.1, 0.11 * nodes / cpus))
+
+
+def script(module: Any) -> list[str]:
+    """The command running one of fedkit's stdlib-only scripts by its file: ``python -m``
+    would import the ``fedkit`` package, and with it torch (~0.5 GB and 2 s), into every
+    SuperNode and launcher. ``-P``: the script's own directory stays off ``sys.path``."""
+    return [sys.executable, "-P", str(Path(module.__file__).resolve())]
 
 
 def follow(checkpoint_dir: Path, run_done: Any, every: float = 1.0) -> None:

@@ -29,7 +29,10 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(str(value))
+    text = str(value)
+    if ('"' in text or "\\" in text) and "'" not in text and "\n" not in text:
+        return f"'{text}'"  # a TOML literal string: Flower's --node-config parser takes no escapes
+    return json.dumps(text)
 
 
 def package_dir(name: str) -> Path:
@@ -110,19 +113,3 @@ class AppSource:
         return stage_app(
             dest, packages=self.packages, components=self.components, config=self.config
         )
-
-
-def _fedkit_app() -> AppSource:
-    from fedkit.flower.settings import DEFAULTS
-
-    return AppSource(
-        packages=("fedkit",),
-        components={
-            "serverapp": "fedkit.flower.app:server_app",
-            "clientapp": "fedkit.flower.app:client_app",
-        },
-        config=DEFAULTS,
-    )
-
-
-FEDKIT_APP = _fedkit_app()

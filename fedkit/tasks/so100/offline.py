@@ -1,16 +1,17 @@
-"""The SO-100 task as a Flower run config names it (``task = "so100"``).
+"""The SO-100 task of the offline fixture, by its directory: what an experiment config
+names to run SmolVLA with no hub access (``task=so100 so100@task=fixture
+task.directory=DIR``), in process or deployed.
 
-Server and clients build the task from the same run config, hence the same task: the
-offline fixture in ``task-dir`` (written once beforehand by ``python -m
-fedkit.tasks.so100.fixture DIR``), ``task-clients`` clients, every random choice drawn
-from ``seed``. The task is the one ``tests/robot/test_so100_simulate.py`` runs in process:
-tiny SmolVLA, episodes 9–11 held out (one per task), batches of 8, frames cached.
+The fixture in ``DIR`` is written once beforehand by ``python -m fedkit.tasks.so100.fixture
+DIR``. Server and clients build the same task from the same config: ``num_clients``
+clients, every random choice drawn from ``key``; tiny SmolVLA, episodes 9–11 held out (one
+per task), batches of 8, frames cached (the task ``tests/robot/test_so100_simulate.py``
+runs in process).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fedkit.tasks.so100.fixture import FIXTURE_REPO_ID, tiny_smolvla_overrides
 from fedkit.tasks.so100.task import So100Task, so100
@@ -33,24 +34,18 @@ def fixture_paths(directory: str | Path) -> tuple[Path, Path]:
     return vlm, data
 
 
-def so100_from_settings(settings: Any) -> So100Task:
-    """The fixture's SO-100 task for a :class:`fedkit.flower.Settings` (keys ``task-dir``,
-    ``task-clients``, ``seed``)."""
-    directory = settings.path("task-dir")
-    if directory is None:
-        raise ValueError(
-            "task 'so100' needs 'task-dir': the directory of the offline fixture "
-            "(`python -m fedkit.tasks.so100.fixture DIR`)"
-        )
+def so100_fixture(directory: str | Path, num_clients: int = 3, key: int = 0) -> So100Task:
+    """The fixture's SO-100 task (module doc); ``FileNotFoundError`` naming the command that
+    writes the fixture when ``directory`` holds none."""
     vlm, data = fixture_paths(directory)
     return so100(
         repo_id=FIXTURE_REPO_ID,
         root=data,
         vlm_model_name=vlm,
-        num_clients=int(settings["task-clients"]),
+        num_clients=int(num_clients),
         holdout_episodes=FIXTURE_HOLDOUT,
         batch_size=FIXTURE_BATCH,
-        key=settings.seed,
+        key=key,
         policy_overrides=tiny_smolvla_overrides(),
         cache_frames=True,
         max_eval_frames=None,

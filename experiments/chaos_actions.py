@@ -1,7 +1,8 @@
-"""chaostoolkit probes and actions against a local Flower deployment of fedkit.
+"""chaostoolkit probes and actions against a local Flower deployment of an experiment config.
 
 Experiments in ``chaos/experiments/`` call these through the ``python`` provider (module
-``chaos.deploy_actions``). A deployment lives in this process's registry under a name, so
+``experiments.chaos_actions``; it composes experiment configs and the Flower App, so it
+lives with them, above the chaos suite). A deployment lives in this process's registry under a name, so
 an experiment starts it (``start_deployment``), hurts it (``kill_supernode``,
 ``kill_superlink`` + ``restart_superlink_and_resume``), checks it and always tears it down
 in its rollbacks (``stop_deployment``; run them with ``--rollback-strategy always``).
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.deploy_cli import resolve
+from experiments.flower_app import APP
 from fedkit.flower.local import LocalDeployment
 from fedkit.run import checkpoint as ckpt
 
@@ -39,28 +42,40 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _run_config(entry: dict[str, Any]) -> dict[str, Any]:
-    run_dir = entry["deployment"].run_dir
+def _run_config(entry: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The Flower run config of the experiment (its outputs in the run directory)."""
     return {
+        "experiment": json.dumps(entry["experiment"]),
+        "out-dir": str(entry["out"]),
         **entry["run_config"],
-        "checkpoint-dir": str(run_dir / "checkpoints"),
-        "log-dir": str(run_dir / "logs"),
+        **extra,
     }
 
 
 # ---- actions -------------------------------------------------------------------------------
 def start_deployment(
-    name: str, run_dir: str, nodes: int = 3, run_config: dict | None = None, insecure: bool = False
+    name: str,
+    run_dir: str,
+    nodes: int = 3,
+    overrides: list[str] | None = None,
+    run_config: dict | None = None,
+    insecure: bool = False,
 ) -> dict:
     """Start a SuperLink (TLS + node auth unless ``insecure``) and ``nodes`` SuperNodes, and
-    submit a run with ``run_config`` (task-clients and min-nodes default to ``nodes``)."""
+    submit the experiment config of ``fedkit run OVERRIDES`` (default ``task=digits``;
+    ``num_clients`` defaults to ``nodes``) with ``run_config`` (the transport's waiting
+    rules; ``min-nodes`` defaults to ``nodes``). The run writes into ``run_dir``; the
+    deployment's own files go to ``run_dir/deployment``."""
     nodes = int(nodes)
-    ckpt.require_fresh(Path(run_dir) / "checkpoints")  # else the run would resume an old one
-    deployment = LocalDeployment(Path(run_dir).resolve(), nodes=nodes, insecure=insecure)
-    run_config = {k: _number(v) for k, v in (run_config or {}).items()}
+    out = Path(run_dir).resolve()
+    ckpt.require_fresh(out / "checkpoints")  # else the run would resume an old one
+    deployment = LocalDeployment(out / "deployment", nodes=nodes, insecure=insecure, app=APP)
+    extra = {k: _number(v) for k, v in (run_config or {}).items()}
     entry = {
         "deployment": deployment,
-        "run_config": {"task-clients": nodes, "min-nodes": nodes, **run_config},
+        "out": out,
+        "experiment": resolve([str(o) for o in (overrides or ["task=digits"])], nodes),
+        "run_config": {"min-nodes": nodes, "signed-replies": not insecure, **extra},
         "runs": [],
         "events": [],
     }
@@ -92,7 +107,7 @@ def kill_superlink(name: str) -> dict:
     entry = _get(name)
     entry["deployment"].kill_superlink()
     entry["killed_at"] = time.time()
-    done = ckpt.rounds_on_disk(entry["deployment"].run_dir / "checkpoints")
+    done = ckpt.rounds_on_disk(entry["out"] / "checkpoints")
     entry["killed_round"] = done[0] if done else 0
     return {"killed_at": entry["killed_at"], "killed_round": entry["killed_round"]}
 
@@ -104,7 +119,7 @@ def restart_superlink_and_resume(name: str) -> dict:
     deployment = entry["deployment"]
     up = deployment.start_superlink()
     t1 = time.monotonic()
-    entry["runs"].append(deployment.submit({**_run_config(entry), "resume": True}))
+    entry["runs"].append(deployment.submit(_run_config(entry, resume=True)))
     entry["resubmitted_at"] = time.time()
     return {"run_id": entry["runs"][-1], "superlink_up_s": up, "submit_s": time.monotonic() - t1}
 
@@ -134,7 +149,7 @@ def checkpoints_consistent(run_dir: str) -> bool:
 def wait_for_round(name: str, round: int, timeout: float = 600.0) -> float:
     """Seconds until round ``round`` has been checkpointed (raises after ``timeout``)."""
     round, timeout = int(round), float(timeout)
-    directory = _get(name)["deployment"].run_dir / "checkpoints"
+    directory = _get(name)["out"] / "checkpoints"
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         done = ckpt.rounds_on_disk(directory)
@@ -151,8 +166,8 @@ def wait_for_run(name: str, timeout: float = 900.0) -> str:
 
 
 def record(name: str) -> dict:
-    """The latest results record (``logs/record.json``)."""
-    path = _get(name)["deployment"].run_dir / "logs" / "record.json"
+    """The latest results record (``record.json`` in the run directory)."""
+    path = _get(name)["out"] / "record.json"
     return json.loads(path.read_text())
 
 
