@@ -47,7 +47,9 @@ from fedkit.flower.env import apply
 
 apply()
 
-from experiments.flower_app import APP, compose  # noqa: E402
+import attrs  # noqa: E402
+
+from experiments.flower_app import APP, PACKAGES, compose  # noqa: E402
 from experiments.run import run_experiment  # noqa: E402
 from fedkit.flower.local import LocalDeployment  # noqa: E402
 from fedkit.flower.local.deployment import idle_poll  # noqa: E402
@@ -177,17 +179,25 @@ def in_process(cfg: dict[str, Any], engine: str, out: Path) -> dict[str, Any]:
 
 
 def deployed(
-    cfg: dict[str, Any], nodes: int, mode: str, out: Path, poll: float, **tuning: Any
+    cfg: dict[str, Any],
+    nodes: int,
+    mode: str,
+    out: Path,
+    poll: float,
+    fab_code: bool = False,
+    **tuning: Any,
 ) -> dict[str, Any]:
-    run_dir = out / f"deploy-{mode}"
+    run_dir = out / (f"deploy-{mode}" + ("-fabcode" if fab_code else ""))
     options = {**tuning, **MODES[mode]}
-    deployment = LocalDeployment(run_dir / "deployment", nodes=nodes, app=APP, **options)
+    app = attrs.evolve(APP, packages=PACKAGES) if fab_code else APP
+    deployment = LocalDeployment(run_dir / "deployment", nodes=nodes, app=app, **options)
     task_poll = deployment.launcher_poll or (deployment.node_poll or idle_poll(nodes)) / 2
     options.update(
         node_poll=deployment.node_poll,
         launcher_poll=task_poll if options.get("warm", True) else None,
     )
-    result: dict[str, Any] = {"mode": mode, "options": options}
+    label = f"{mode}, FAB with code" if fab_code else mode
+    result: dict[str, Any] = {"mode": label, "options": options, "fab_code": fab_code}
     sampler = Sampler(deployment.token)
     with deployment:
         sampler.start()
@@ -280,6 +290,11 @@ def main() -> None:
     parser.add_argument(
         "--launcher-poll", type=float, default=None, help="launchers' poll (default: auto)"
     )
+    parser.add_argument(
+        "--fab-code",
+        action="store_true",
+        help="also run each mode with fedkit's packages inside the FAB (Flower ships code)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/deployment"))
     args = parser.parse_args()
     out = (args.out / time.strftime("%Y%m%d-%H%M%S")).resolve()
@@ -304,8 +319,11 @@ def main() -> None:
         tuning = {"launcher_poll": args.launcher_poll}
         if args.node_poll is not None:
             tuning["node_poll"] = args.node_poll
-        res["deployed"].append(deployed(cfg, args.nodes, mode, out, args.poll_interval, **tuning))
-        (out / "bench.json").write_text(json.dumps(res, indent=1, default=str))
+        for fab_code in (False, True) if args.fab_code else (False,):
+            res["deployed"].append(
+                deployed(cfg, args.nodes, mode, out, args.poll_interval, fab_code, **tuning)
+            )
+            (out / "bench.json").write_text(json.dumps(res, indent=1, default=str))
     res["loadavg_after"] = os.getloadavg()
     (out / "bench.json").write_text(json.dumps(res, indent=1, default=str))
     text = report(res)

@@ -13,7 +13,9 @@ Run config (``[tool.flwr.app.config]``; :data:`RUN_CONFIG`):
   ``poll-interval`` (s): how the server waits; ``signed-replies`` (default true): replies
   must carry their node's signature (:class:`fedkit.flower.LoopConfig`).
 
-The ServerApp builds the experiment with :func:`experiments.build.build` — the strategy,
+:data:`APP` is what ``fedkit deploy`` submits: a FAB holding only the app's
+``pyproject.toml`` — no code; both sides import the fedkit they installed. The ServerApp
+builds the experiment with :func:`experiments.build.build` — the strategy,
 privacy mechanisms and accountant, and the adversary whose controlled clients the record
 names — and serves it (:func:`fedkit.flower.serve`). Simulated faults (``chaos``) are the
 in-process transport's; a deployment refuses them (its faults are real: ``chaos/``'s
@@ -58,6 +60,8 @@ RUN_CONFIG: dict[str, Any] = {
     "poll-interval": 0.2,
     "signed-replies": True,
 }
+# The packages a FAB would need to carry for nodes without fedkit installed (``flwr run .``
+# from a checkout ships them, pyproject's fab-include); fedkit deploy ships none (APP).
 PACKAGES = ("fedkit", "experiments", "attacks", "privacy", "chaos")
 
 
@@ -214,8 +218,12 @@ client_app = make_client_app(
     lambda ctx, request: client_runtime(ctx.run_config, ctx.node_config, request)
 )
 
+# What fedkit deploy submits: a FAB with no code in it, only the app's pyproject (its
+# components and run-config keys). Each side imports the fedkit it installed; the server
+# ships no code for a node to run (docs/architecture.md, trust boundary), and a node
+# verifies one file per message instead of the ~300 of the packages.
 APP = AppSource(
-    packages=PACKAGES,
+    packages=(),
     components={
         "serverapp": "experiments.flower_app:server_app",
         "clientapp": "experiments.flower_app:client_app",

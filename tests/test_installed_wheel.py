@@ -20,9 +20,10 @@ SCRIPT = """
 import json, sys, tomllib
 from pathlib import Path
 import fedkit, experiments
-from experiments.flower_app import APP, compose
+import attrs
+from experiments.flower_app import APP, PACKAGES, compose
 cfg = compose(["task=digits", "defense=krum"])
-app = APP.stage(Path(sys.argv[1]))
+app = attrs.evolve(APP, packages=PACKAGES).stage(Path(sys.argv[1]))
 config = tomllib.loads((app / "pyproject.toml").read_text())
 print(json.dumps({
     "fedkit": fedkit.__file__, "experiments": experiments.__file__,

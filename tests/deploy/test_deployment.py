@@ -1,8 +1,9 @@
 """A real local deployment (TLS + SuperNode authentication) running experiment configs.
 
-One deployment of six SuperNodes serves most tests: nodes 0–2 are honest, node 3 sends NaN
+One deployment of seven SuperNodes serves most tests: nodes 0–2 are honest, node 3 sends NaN
 updates, node 4 trains honestly but claims to be client 0 (impersonation), node 5 holds a
-privacy floor (DP-SGD with noise ≥ 1.0) and so refuses plain FedAvg. A FedAvg run over
+privacy floor (DP-SGD with noise ≥ 1.0) and so refuses plain FedAvg, node 6's ClientApp
+raises. A FedAvg run over
 clients 0–2 equals ``fedkit run`` of the same config; a run over all six counts each kind of
 misbehaviour and goes on. Unregistered keys and clients without the CA are refused. Every
 process is torn down whatever happens."""
@@ -30,7 +31,15 @@ pytestmark = [pytest.mark.deploy, pytest.mark.slow, needs_flower, pytest.mark.ti
 
 ROUNDS = 2
 FLOOR = '{"min_noise_multiplier": 1.0}'
-NODES = [{}, {}, {}, {"corrupt": "nan"}, {"impersonate": 0}, {"privacy-floor": FLOOR}]
+NODES = [
+    {},
+    {},
+    {},
+    {"corrupt": "nan"},
+    {"impersonate": 0},
+    {"privacy-floor": FLOOR},
+    {"corrupt": "crash"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +62,15 @@ def run(deployment, name: str, cfg: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def honest_run(deployment):
-    """Clients 0..2 (nodes 3..5 hold no client of this task)."""
+    """Clients 0..2 (nodes 3..6 hold no client of this task)."""
     cfg = experiment("task=digits", "num_clients=3", f"rounds={ROUNDS}")
     return run(deployment, "honest", cfg)
 
 
 @pytest.fixture(scope="module")
 def hostile_run(deployment):
-    """Clients 0..5: NaN updates, an impersonator, a refusal."""
-    cfg = experiment("task=digits", "num_clients=6", f"rounds={ROUNDS}")
+    """Clients 0..6: NaN updates, an impersonator, a refusal, a crash."""
+    cfg = experiment("task=digits", "num_clients=7", f"rounds={ROUNDS}")
     return run(deployment, "hostile", cfg)
 
 
@@ -86,13 +95,14 @@ def test_every_round_is_recorded_checkpointed_and_logged(honest_run):
     assert (honest_run["out"] / "events.jsonl").exists()
 
 
-def test_nan_impersonation_and_refusal_are_counted_and_the_run_goes_on(hostile_run):
+def test_nan_impersonation_refusal_and_crash_are_counted_and_the_run_goes_on(hostile_run):
     assert hostile_run["status"] == "finished:completed"
     rec = record(hostile_run["out"])
     assert len(rec["metrics"]) == ROUNDS
     for m in rec["metrics"]:
         assert m["rejected"] == {"non_finite": 1, "impersonation": 1}, m
-        assert m["lost"] == {"refused": 1} and m["refusals"] == {"no_dp_sgd": 1}, m
+        assert m["lost"] == {"refused": 1, "client_error": 1}, m
+        assert m["refusals"] == {"no_dp_sgd": 1}
         assert m["accepted"] == 3
     assert rec["counters"]["rejected"] == {"non_finite": ROUNDS, "impersonation": ROUNDS}
 
