@@ -3,7 +3,9 @@
 Every object is made by Hydra's ``instantiate`` from its ``_target_`` (config mirrors code);
 this module only decides the order of the server chain and fills in what depends on other
 groups: the privacy group's mechanisms go around the server components (``pre`` first,
-``post`` right after the reducer, before server optimizers), a DP noise component's
+``post`` right after the reducer, before server optimizers; under central DP a lone plain mean
+becomes the privacy group's fixed-denominator ``reducer`` and clients are Poisson-sampled with
+quorum 0, see :func:`experiments.dp.with_chain_status`), a DP component's
 ``expected_clients: null`` becomes the number of clients sampled per round, client DP-SGD
 (``privacy=dpsgd``) goes into the client config, and the privacy accountant (ε per round,
 the stop at ``privacy.target_epsilon``) onto the strategy.
@@ -88,11 +90,15 @@ def build(cfg: DictConfig | Mapping[str, Any], *, task: Any = None) -> Experimen
     )
     if privacy.dp_sgd is not None:  # client DP-SGD rides on the client config
         client = attrs.evolve(client, dp_sgd=make(privacy.dp_sgd))
+    privacy, server = dp.with_chain_status(privacy, server_components(cfg))
     components = compose_chain(
-        server_components(cfg),
+        server,
         [make(node) for node in privacy.pre],
         [make(node) for node in privacy.post],
     )
+    if privacy.sampling == "poisson":
+        # the accountant's sampling; and a round runs (releases noise) even if nobody replied
+        sampling = attrs.evolve(sampling, sampling="poisson", quorum=0)
     strategy = attrs.evolve(
         sampling, client=client, server=chain(*components), accountant=privacy.accountant()
     )

@@ -2,8 +2,13 @@
 
 ``privacy.mechanism`` is ``none``, ``central``, ``local`` or ``dpsgd``:
 
-* ``central`` (user-level DP on the released model): one Poisson-subsampled Gaussian step per
-  round with rate ``q = clients per round / clients``; ε from :mod:`privacy.accounting`;
+* ``central`` (user-level DP on the released model, DP-FedAvg, McMahan et al. 2018): the chain
+  is clip → uniform weights → the fixed-denominator mean over the expected ``q·N`` clients
+  (``reducer``, replacing a plain mean) → Gaussian noise ``z·C/(q·N)``; clients are
+  Poisson-sampled at rate ``q = clients per round / clients`` and the round runs even when
+  nobody replied (quorum 0), as the analysis assumes; ε from :mod:`privacy.accounting`, one
+  subsampled Gaussian step per round. ``privacy=central_adaptive`` uses adaptive clipping
+  (Andrew et al. 2021) whose clip-count query shares the same total ``z``;
 * ``local`` (each client noises its own update): per client, one Gaussian (or Laplace)
   release per round; Gaussian releases compose exactly as Gaussian DP (``T`` releases at
   noise ``z`` are one at ``z / √T``), Laplace ones by basic composition (``T · 2 / z``);
@@ -17,6 +22,12 @@
 and the run stops before the round that would exceed the target (``central`` and ``dpsgd``:
 their accountant, :mod:`privacy.budget`, rides on ``Strategy.accountant``). Rounds replayed
 after a server crash release noise again and count.
+
+Status. Every setting is ``sound`` (the chain is the one whose sensitivity the ε assumes,
+:mod:`privacy.mechanisms` proves it and a test checks it) or ``nominal`` (the noise is
+calibrated as if it were, but it is not: e.g. a robust reducer or a filter between the
+clipping and the noise, whose sensitivity nobody bounded). The record says which and why;
+tables mark nominal ε.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import attrs
 from omegaconf import DictConfig, OmegaConf
 
 MECHANISMS = ("none", "central", "local", "dpsgd")
+STATUSES = ("none", "sound", "nominal")
 
 
 @attrs.frozen
@@ -48,6 +60,15 @@ class Privacy:
     target_epsilon: float | None = None
     dp_sgd: dict | None = None  # dpsgd: the DPSGD node for ClientConfig.dp_sgd
     client_steps: tuple[tuple[float, int], ...] = ()  # dpsgd: distinct (rate, steps per round)
+    reducer: dict | None = None  # central: the DP reducer that replaces a plain mean
+    status: str = "none"  # none | sound | nominal (set by :func:`with_chain_status`)
+    status_reason: str = ""
+    sampling: str | None = None  # central: "poisson"
+    alerts: tuple[float, ...] = (0.5, 0.8, 1.0)  # budget fractions that alert
+
+    @property
+    def sound(self) -> bool:
+        return self.status == "sound"
 
     def accountant(self) -> Any:
         """The run's privacy accountant (``privacy.budget``) for ``Strategy.accountant``, or
@@ -60,6 +81,7 @@ class Privacy:
                 delta=self.delta,
                 target_epsilon=self.target_epsilon,
                 accountant=self.accountant_kind,
+                alerts=self.alerts,
             )
         if self.mechanism == "dpsgd":
             from privacy.budget import DPSGDAccountant
@@ -68,6 +90,7 @@ class Privacy:
                 delta=self.delta,
                 target_epsilon=self.target_epsilon,
                 accountant=self.accountant_kind,
+                alerts=self.alerts,
             )
         return None
 
@@ -101,6 +124,9 @@ class Privacy:
         eps = self.epsilon(releases)
         return {
             "mechanism": self.mechanism,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "sampling": self.sampling,
             "epsilon": eps if eps is not None and math.isfinite(eps) else None,
             "delta": self.delta,
             "noise_multiplier": self.noise_multiplier,
@@ -229,9 +255,56 @@ def _noise_multiplier(
 
 
 def _fill_expected_clients(node: dict, per_round: int) -> dict:
-    if "expected_clients" in node and node["expected_clients"] is None:
-        return {**node, "expected_clients": per_round}
+    for name in ("expected_clients", "expected_weight"):
+        if name in node and node[name] is None:
+            node = {**node, name: per_round}
     return node
+
+
+def with_chain_status(privacy: Privacy, components: list[Any]) -> tuple[Privacy, list[Any]]:
+    """``privacy`` with its status for the server ``components`` (the reducer part, server
+    transforms excluded), and the components to use: for ``central``, a lone plain mean is
+    replaced by the DP reducer (sound); anything else stays and makes the ε nominal."""
+    from fedkit.aggregators import Mean
+    from fedkit.core.components import Role
+
+    if privacy.mechanism == "none":
+        return privacy, components
+    if privacy.mechanism in ("local", "dpsgd"):
+        # the clipping and noise happen per client (local: the LocalDP transform first in the
+        # chain; dpsgd: in the client's training); what the server does after is post-processing
+        reason = (
+            "per-client clip and noise before anything else; the server chain is post-processing"
+            if privacy.mechanism == "local"
+            else "per-example clipping and noise in every client's local steps"
+        )
+        return attrs.evolve(privacy, status="sound", status_reason=reason), components
+    cut = len(components)
+    while cut > 0 and getattr(components[cut - 1], "role", None) is Role.SERVER:
+        cut -= 1
+    head, tail = components[:cut], components[cut:]
+    if len(head) == 1 and type(head[0]) is Mean and privacy.reducer is not None:
+        from experiments.build import make
+
+        reason = (
+            "clip, uniform weights, fixed-denominator mean over the expected clients, "
+            "Gaussian noise; Poisson client sampling (McMahan et al. 2018)"
+        )
+        return (
+            attrs.evolve(privacy, status="sound", status_reason=reason),
+            [make(privacy.reducer), *tail],
+        )
+    names = ", ".join(type(c).__name__ for c in head) or "nothing"
+    if not privacy.post:
+        raise ValueError(
+            f"this central DP setting adds its noise in its own reducer ({privacy.reducer}), "
+            f"which replaces a plain mean: use server=mean, not {names}"
+        )
+    reason = (
+        f"the server chain between clipping and noise ({names}) is not the fixed-denominator "
+        "mean: its sensitivity is not bounded, the ε is the noise's nominal one"
+    )
+    return attrs.evolve(privacy, status="nominal", status_reason=reason), components
 
 
 def resolve(
@@ -271,6 +344,11 @@ def resolve(
         delta=None if mechanism == "none" else float(nodes["delta"]),
         accountant_kind=str(nodes.get("accountant", "rdp")),
         sample_rate=rate if mechanism == "central" else 1.0 if mechanism == "local" else None,
+        reducer=_fill_expected_clients(nodes["reducer"], per_round)
+        if mechanism == "central" and nodes.get("reducer")
+        else None,
+        sampling="poisson" if mechanism == "central" else None,
+        alerts=tuple(float(f) for f in nodes.get("alerts") or (0.5, 0.8, 1.0)),
         kind=str(nodes.get("kind", "gaussian")),
         target_epsilon=None
         if nodes.get("target_epsilon") is None

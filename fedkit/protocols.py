@@ -170,8 +170,9 @@ class DPSGDSetting(Protocol):
 class RoundSpend:
     """What one round is about to release, known before anyone trains: the ids of the
     clients that will train (int64 ``[k]``), their example counts and local steps (int64
-    ``[k]``), the population size, the clients sampled per round and the strategy's
-    client DP-SGD setting (``None`` without)."""
+    ``[k]``), the population size, the clients sampled this round, the strategy's client
+    DP-SGD setting (``None`` without), the probability ``sample_rate`` that a client is
+    sampled and how (``sampling``: ``"fixed"`` size without replacement or ``"poisson"``)."""
 
     round: int
     clients: torch.Tensor
@@ -180,6 +181,8 @@ class RoundSpend:
     num_clients: int
     clients_per_round: int
     dp_sgd: Any = None
+    sample_rate: float = 1.0
+    sampling: str = "fixed"
 
 
 @runtime_checkable

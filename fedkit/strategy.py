@@ -23,7 +23,7 @@ import torch
 
 from fedkit.client import ClientConfig
 from fedkit.core.components import Chain, Component, Info, chain
-from fedkit.core.keys import Key, choice, randint, split
+from fedkit.core.keys import Key, choice, randint, split, uniform
 from fedkit.protocols import PrivacyAccountant
 from fedkit.replies import Reply, validate
 
@@ -107,11 +107,18 @@ class RoundInfo:
         }
 
 
+SAMPLING = ("fixed", "poisson")
+
+
 @attrs.frozen
 class Strategy:
     """Client config, server chain (a :class:`Chain` or one component, wrapped), sampling
     (``clients_per_round`` or ``fraction`` of all clients, keyed; all clients when both are
-    None), ``quorum`` (minimum accepted replies), ``deadline`` (seconds of simulated latency
+    None; ``sampling="fixed"`` draws exactly that many without replacement, ``"poisson"``
+    includes each client independently with probability ``q = clients_per_round / N``, so
+    the number per round varies: the sampling the DP-FedAvg accountant assumes),
+    ``quorum`` (minimum accepted replies; 0 = the chain runs even on an empty round, which a
+    DP mechanism needs: it must release noise whether or not anyone took part), ``deadline`` (seconds of simulated latency
     after which a reply counts as lost), ``stragglers`` and ``max_reply_bytes`` (payload
     limit; default twice a valid update); ``accountant`` (a
     :class:`fedkit.protocols.PrivacyAccountant`, e.g. from ``privacy.budget``) tracks ε per
@@ -121,6 +128,7 @@ class Strategy:
     server: Chain = attrs.field(factory=lambda: _as_chain(_weighted_mean()), converter=_as_chain)
     clients_per_round: int | None = None
     fraction: float | None = None
+    sampling: str = attrs.field(default="fixed")
     quorum: int = 1
     deadline: float | None = None
     stragglers: Stragglers | None = None
@@ -134,8 +142,10 @@ class Strategy:
             raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
-        if self.quorum < 1:
-            raise ValueError(f"quorum must be >= 1, got {self.quorum}")
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"Strategy.sampling must be one of {SAMPLING}, got {self.sampling!r}")
+        if self.quorum < 0:
+            raise ValueError(f"quorum must be >= 0, got {self.quorum}")
         if self.deadline is not None and self.deadline <= 0:
             raise ValueError(f"deadline must be positive seconds, got {self.deadline}")
         if self.accountant is not None and not isinstance(self.accountant, PrivacyAccountant):
@@ -164,11 +174,22 @@ class Strategy:
             return max(1, round(self.fraction * num_clients))
         return num_clients
 
+    def sample_rate(self, num_clients: int) -> float:
+        """The probability that a given client takes part in a round: ``m / N`` (with
+        ``sampling="poisson"`` exactly the inclusion probability; with ``"fixed"`` only its
+        marginal)."""
+        return self.num_sampled(num_clients) / num_clients
+
     def sample(self, state: ServerState, num_clients: int, key: Key) -> torch.Tensor:
-        """Sorted int64 ids of this round's clients, drawn without replacement from ``key``."""
+        """Sorted int64 ids of this round's clients from ``key``: ``num_sampled`` of them
+        without replacement (``"fixed"``) or each with probability :meth:`sample_rate`
+        (``"poisson"``, possibly none)."""
         m = self.num_sampled(num_clients)
         if m == num_clients:
             return torch.arange(num_clients, dtype=torch.int64)
+        if self.sampling == "poisson":
+            keep = uniform(key, num_clients, dtype=torch.float64) < m / num_clients
+            return torch.nonzero(keep).flatten().to(torch.int64)
         return torch.sort(choice(key, num_clients, m)).values
 
     def plan_work(self, clients: torch.Tensor, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,11 +252,14 @@ class Strategy:
             return attrs.evolve(state, round=current), info
         row_of = {c: i for i, c in enumerate(order)}
         rows = torch.tensor([row_of[r.client] for r in check.accepted], dtype=torch.int64)
-        updates = torch.zeros(len(order), d, dtype=params.dtype, device=params.device)
-        updates.index_copy_(
-            0, rows, torch.stack([r.update.to(params.device) for r in check.accepted])
-        )
-        weights = torch.zeros(len(order), dtype=params.dtype, device=params.device)
+        # quorum 0 and nobody sampled: the chain still runs (a DP mechanism must release
+        # noise) on one all-zero row of weight 0, i.e. no contribution (components need n >= 1)
+        updates = torch.zeros(max(len(order), 1), d, dtype=params.dtype, device=params.device)
+        if valid:  # quorum 0: an empty round still runs the chain (on zero rows)
+            updates.index_copy_(
+                0, rows, torch.stack([r.update.to(params.device) for r in check.accepted])
+            )
+        weights = torch.zeros(updates.shape[0], dtype=params.dtype, device=params.device)
         weights[rows] = torch.tensor(
             [float(r.num_examples) for r in check.accepted],
             dtype=params.dtype,
@@ -248,12 +272,12 @@ class Strategy:
         clipped = chain_info.get("clipped")
         info = RoundInfo(
             **base,
-            accepted=int(accepted_mask.sum()),
+            accepted=int(accepted_mask[: len(order)].sum()),
             rejected=rejected,
             clipped=0 if clipped is None else int(clipped.sum()),
             quorum_missed=False,
             accepted_clients=tuple(
-                order[i] for i in torch.nonzero(accepted_mask).flatten().tolist()
+                order[i] for i in torch.nonzero(accepted_mask).flatten().tolist() if i < len(order)
             ),
             chain=chain_info,
         )

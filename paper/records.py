@@ -58,6 +58,7 @@ class Run:
     lost: int
     curve: tuple[tuple[int, float], ...]
     backdoor: float | None = None
+    privacy_status: str = "none"  # none | sound | nominal | unknown (a record before statuses)
 
     @property
     def lost_fraction(self) -> float | None:
@@ -147,6 +148,9 @@ def to_run(record: Mapping[str, Any], path: str = "") -> Run:
         lost=_lost(record.get("counters") or {}),
         curve=_curve(metrics),
         backdoor=(record.get("final") or {}).get("backdoor_success"),
+        privacy_status=str(
+            privacy.get("status") or ("unknown" if privacy.get("epsilon") is not None else "none")
+        ),
     )
 
 

@@ -122,6 +122,7 @@ _TEX_ESCAPES = {
     "σ": r"$\sigma$",
     "δ": r"$\delta$",
     "×": r"$\times$",
+    "†": r"\textsuperscript{\dag}",
     "≤": r"$\leq$",
     "→": r"$\to$",
     "–": "--",

@@ -111,6 +111,12 @@ def attack_defense(runs: Sequence[Run], order: Order | None = None) -> list[Tabl
     return tables
 
 
+def epsilon_marked(eps: Stat, statuses: Sequence[str]) -> str:
+    """A non-sound ε as text with its mark, so it never reads as a proven ε."""
+    value = "–" if eps.mean is None else f"{eps.mean:.2f}"
+    return f"{value}† ({', '.join(statuses)})"
+
+
 def utility_vs_epsilon(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
     """Table (b): one table (empty list when no run has an ε)."""
     order = order or {}
@@ -121,6 +127,7 @@ def utility_vs_epsilon(runs: Sequence[Run], order: Order | None = None) -> list[
     attacks = ordered({r.attack for r in private}, order.get("attack", ()))
     groups = group_by(private, lambda r: (r.task, r.chaos, r.defense, r.noise_multiplier))
     cells = group_by(private, lambda r: (r.task, r.chaos, r.defense, r.noise_multiplier, r.attack))
+    marked = False
     columns = []
     if len(tasks) > 1:
         columns.append(Column("Task", kind="text"))
@@ -144,7 +151,9 @@ def utility_vs_epsilon(runs: Sequence[Run], order: Order | None = None) -> list[
                     row.append(task)
                 if len(settings) > 1:
                     row.append(chaos)
-                row += [label, eps]
+                not_sound = sorted({r.privacy_status for r in members} - {"sound"})
+                marked = marked or bool(not_sound)
+                row += [label, eps if not not_sound else epsilon_marked(eps, not_sound)]
                 row += [
                     Stat.of(r.accuracy for r in cells.get((task, chaos, d, z, a), []))
                     for a in attacks
@@ -159,6 +168,11 @@ def utility_vs_epsilon(runs: Sequence[Run], order: Order | None = None) -> list[
         "Utility vs privacy: ε (δ as configured) and final test accuracy (%) per attack, "
         f"mean ± std {_seeds_phrase(accuracy)}; best per attack in bold."
     )
+    if marked:
+        caption += (
+            " ε marked † is not proven: nominal (noise calibrated as for DP-FedAvg on a chain "
+            "without a proven sensitivity bound) or unknown (a record from before the check)."
+        )
     return [Table(name="utility_vs_epsilon", caption=caption, columns=columns, rows=rows)]
 
 

@@ -5,7 +5,8 @@ steps)``: ``steps`` applications of the Poisson-subsampled Gaussian mechanism wi
 probability ``sample_rate`` and noise multiplier ``noise_multiplier``. ε is computed by
 Opacus's accountants (``"rdp"``: Rényi DP, Mironov 2017 with Balle et al. 2020's
 conversion; ``"prv"``: numerical composition of privacy loss random variables, Gopi et al.
-2021), fed the history directly; for RDP the per-step curve of each ``(z, q)`` is cached
+2021) or Google's ``dp-accounting`` (``"pld"``: privacy loss distributions, Koskela et al.
+2020 and Doroshenko et al. 2022, pessimistic discretisation), fed the history directly; for RDP the per-step curve of each ``(z, q)`` is cached
 and composed by addition (what Opacus's RDP accountant computes, so a run's ledger costs one
 curve per distinct step, not one per round).
 
@@ -35,7 +36,7 @@ from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
-ACCOUNTANTS = ("rdp", "prv")
+ACCOUNTANTS = ("rdp", "prv", "pld")
 RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
@@ -138,10 +139,27 @@ def _epsilon_cached(
         rdp = sum(steps * _rdp_curve(z, q) for z, q, steps in history)
         eps, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
         return float(eps)
+    if accountant == "pld":
+        return _pld_epsilon(history, delta)
     acc = create_accountant(mechanism=accountant)
     acc.load_state_dict({"history": list(history), "mechanism": accountant})
     with np.errstate(divide="ignore"):  # PRV takes log(1 - q), -inf at q = 1 (harmless)
         return float(acc.get_epsilon(delta=delta))
+
+
+def _pld_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """ε of the history by ``dp_accounting``'s PLD accountant (each event a self-composed
+    Poisson-subsampled Gaussian)."""
+    import dp_accounting
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    acc = PLDAccountant()
+    for z, q, steps in history:
+        step = dp_accounting.GaussianDpEvent(z)
+        if q < 1.0:
+            step = dp_accounting.PoissonSampledDpEvent(q, step)
+        acc.compose(dp_accounting.SelfComposedDpEvent(step, steps))
+    return float(acc.get_epsilon(delta))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -173,10 +191,12 @@ def epsilon(
     delta: float,
     accountant: str = "rdp",
 ) -> float:
-    """ε after ``steps`` Poisson-subsampled Gaussian steps (Opacus's RDP or PRV accountant).
+    """ε after ``steps`` Poisson-subsampled Gaussian steps (Opacus's RDP or PRV accountant,
+    or dp-accounting's PLD accountant).
 
     (Mironov et al. 2019, Rényi Differential Privacy of the Sampled Gaussian Mechanism;
-    Gopi et al. 2021, Numerical Composition of Differential Privacy.)
+    Gopi et al. 2021, Numerical Composition of Differential Privacy; Doroshenko et al.
+    2022, Connect the Dots: Tighter Discrete Approximations of Privacy Loss Distributions.)
     """
     event = PrivacyEvent(noise_multiplier, sample_rate, steps)
     return epsilon_of_history([event], delta=delta, accountant=accountant)
@@ -206,6 +226,8 @@ def calibrate(
     event = PrivacyEvent(1.0, sample_rate, steps)
     if event.steps == 0 or event.sample_rate == 0.0:
         return 0.0
+    if _check_accountant(accountant) == "pld":
+        return _calibrate_by_bisection(target, _check_delta(delta), event, epsilon_tolerance)
     return float(
         get_noise_multiplier(
             target_epsilon=target,
@@ -216,6 +238,39 @@ def calibrate(
             epsilon_tolerance=epsilon_tolerance,
         )
     )
+
+
+def _calibrate_by_bisection(
+    target: float, delta: float, event: PrivacyEvent, tolerance: float
+) -> float:
+    """Bisection on the noise multiplier with the PLD accountant until ε lies in
+    ``[target − tolerance, target]`` (ε decreases with the noise)."""
+
+    def eps(z: float) -> float:
+        return epsilon(
+            noise_multiplier=z,
+            sample_rate=event.sample_rate,
+            steps=event.steps,
+            delta=delta,
+            accountant="pld",
+        )
+
+    lo, hi = 0.0, 1.0
+    while eps(hi) > target:
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e6:
+            raise ValueError(f"no noise multiplier below 1e6 reaches epsilon {target}")
+    while True:
+        e = eps(hi)
+        if target - tolerance <= e <= target:
+            return hi
+        mid = 0.5 * (lo + hi)
+        if eps(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-9:
+            return hi
 
 
 @attrs.frozen

@@ -4,12 +4,15 @@
 exceed ``target_epsilon``.
 
 * :class:`CentralDPAccountant` — DP-FedAvg (user level): one Poisson-subsampled Gaussian step
-  per round with rate ``clients per round / clients`` (:func:`~privacy.accounting.central_dp_event`);
+  per round at the strategy's rate ``q = clients per round / clients``; it refuses a strategy
+  that samples a fixed number of clients without replacement (``q < 1``), which is not the
+  sampling its analysis assumes;
 * :class:`DPSGDAccountant` — client DP-SGD (example level): per client that trains, rate
   ``batch / local examples`` and as many steps as it runs (:func:`~privacy.accounting.dpsgd_event`);
   the run's ε is the largest over clients (:class:`~privacy.accounting.ClientLedgers`).
 
-Ledgers are frozen values (checkpointed with the server state, so a resumed run continues
+``alerts``: the fractions of ``target_epsilon`` at which the run driver warns and records a
+``budget_alert`` event. Ledgers are frozen values (checkpointed with the server state, so a resumed run continues
 the same account).
 """
 
@@ -24,7 +27,7 @@ from privacy.accounting import (
     ACCOUNTANTS,
     BudgetLedger,
     ClientLedgers,
-    central_dp_event,
+    PrivacyEvent,
     dpsgd_event,
 )
 
@@ -43,6 +46,16 @@ def _optional_float(value):
     return None if value is None else float(value)
 
 
+def _alerts(value) -> tuple[float, ...]:
+    fractions = tuple(sorted(float(f) for f in value))
+    if any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"alerts must be budget fractions in (0, 1], got {tuple(value)!r}")
+    return fractions
+
+
+ALERTS = (0.5, 0.8, 1.0)
+
+
 def _accountant(_, __, value) -> None:
     if value not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {value!r}")
@@ -51,7 +64,9 @@ def _accountant(_, __, value) -> None:
 @attrs.frozen
 class CentralDPAccountant:
     """ε of central DP-FedAvg with noise multiplier ``noise_multiplier``: each round is one
-    subsampled Gaussian step at rate ``m / N``, at ``delta``; ``target_epsilon`` the budget.
+    Poisson-subsampled Gaussian step at the strategy's rate ``q`` (``Strategy(sampling=
+    "poisson")``; with every client in every round, ``q = 1``), at ``delta``;
+    ``target_epsilon`` the budget.
 
     (McMahan et al. 2018, Learning Differentially Private Recurrent Language Models.)
     """
@@ -62,17 +77,21 @@ class CentralDPAccountant:
         default=None, converter=_optional_float, validator=_target
     )
     accountant: str = attrs.field(default="rdp", validator=_accountant)
+    alerts: tuple[float, ...] = attrs.field(default=ALERTS, converter=_alerts)
 
     def init(self, num_clients: int) -> BudgetLedger:
         return BudgetLedger(self.accountant)
 
     def spend(self, ledger: BudgetLedger, round: RoundSpend) -> BudgetLedger:
-        event = central_dp_event(
-            noise_multiplier=self.noise_multiplier,
-            clients_per_round=round.clients_per_round,
-            total_clients=round.num_clients,
-        )
-        return ledger.step(event)
+        q = float(round.sample_rate)
+        if round.sampling != "poisson" and q < 1.0:
+            raise ValueError(
+                f"CentralDPAccountant accounts for Poisson client sampling, but the strategy "
+                f"draws a fixed {round.clients_per_round} of {round.num_clients} clients "
+                f"without replacement (sampling={round.sampling!r}): use "
+                "Strategy(sampling='poisson') or sample every client"
+            )
+        return ledger.step(PrivacyEvent(self.noise_multiplier, q, 1))
 
     def epsilon(self, ledger: BudgetLedger) -> float:
         return ledger.epsilon(self.delta)
@@ -93,6 +112,7 @@ class DPSGDAccountant:
         default=None, converter=_optional_float, validator=_target
     )
     accountant: str = attrs.field(default="rdp", validator=_accountant)
+    alerts: tuple[float, ...] = attrs.field(default=ALERTS, converter=_alerts)
 
     def init(self, num_clients: int) -> ClientLedgers:
         return ClientLedgers.create(num_clients, self.accountant)

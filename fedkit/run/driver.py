@@ -23,10 +23,17 @@ Privacy budget: the accountant describes each round before anyone trains
 :class:`~fedkit.run.callbacks.BudgetStop` stops the run before a round that would exceed
 the target: the last completed round is evaluated and checkpointed, and
 ``record["run"]["stopped"]`` says why.
+
+Budget alerts: with a target, every round's metrics carry ``budget_fraction`` (ε / target)
+and the first round reaching each of the accountant's ``alerts`` fractions (default
+:data:`BUDGET_ALERTS`) logs a warning (logger ``fedkit.privacy``) and records a
+``budget_alert`` event; the stop at the budget records the ``1.0`` alert if no round reached
+it exactly.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -47,6 +54,9 @@ from fedkit.run.plan import RoundPlan, RunKeys, plan_round, round_spend
 from fedkit.run.records import FORMAT, describe, final_metrics, jsonable, timings, totals, versions
 from fedkit.run.transport import Exchange, Transport
 from fedkit.strategy import ServerState, Strategy
+
+BUDGET_ALERTS = (0.5, 0.8, 1.0)
+log = logging.getLogger("fedkit.privacy")
 
 
 def as_key(key: Key | int) -> tuple[Key, int | None]:
@@ -360,6 +370,7 @@ def _loop(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerState)
         if after is not None:
             run.ledger = after
             metrics["epsilon"] = jsonable(run.next_epsilon)
+            _budget_alerts(run, hooks, metrics)
         run.metrics.append(metrics)
         for cb in hooks:
             cb.on_round_end(run, metrics)
@@ -368,9 +379,61 @@ def _loop(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerState)
             _recover(run, hooks, checkpoints, state0)
 
 
+def alert_fractions(accountant: Any) -> tuple[float, ...]:
+    """The budget fractions an accountant alerts at (its ``alerts`` attribute when it has
+    one, else :data:`BUDGET_ALERTS`), sorted; each must lie in (0, 1]."""
+    fractions = tuple(sorted(float(f) for f in getattr(accountant, "alerts", BUDGET_ALERTS)))
+    if any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"budget alert fractions must lie in (0, 1], got {fractions}")
+    return fractions
+
+
+def _alerted(run: Run) -> set[float]:
+    return {float(e["fraction"]) for e in run.events if e.get("event") == "budget_alert"}
+
+
+def _alert(run: Run, hooks, fraction: float, eps: float, target: float, why: str) -> None:
+    log.warning(
+        "privacy budget %.0f%% %s: epsilon %.4g of %.4g after round %d",
+        100 * fraction,
+        why,
+        eps,
+        target,
+        run.state.round,
+    )
+    _emit(
+        run,
+        hooks,
+        {
+            "event": "budget_alert",
+            "fraction": fraction,
+            "round": run.state.round,
+            "epsilon": eps,
+            "target_epsilon": target,
+            "reason": why,
+        },
+    )
+
+
+def _budget_alerts(run: Run, hooks, metrics: dict[str, Any]) -> None:
+    target = run.accountant.target_epsilon
+    if target is None or run.next_epsilon is None:
+        return
+    eps, target = float(run.next_epsilon), float(target)
+    metrics["budget_fraction"] = eps / target
+    done = _alerted(run)
+    for f in alert_fractions(run.accountant):
+        if eps >= f * target and f not in done:
+            _alert(run, hooks, f, eps, target, "reached")
+
+
 def _stop(run: Run, hooks, stop: dict[str, Any]) -> None:
     """End the run before the planned round: the last completed round gets test metrics if
     it has none, the stop is recorded and announced (checkpoints save on it)."""
+    if stop.get("reason") == "privacy_budget" and 1.0 in alert_fractions(run.accountant):
+        if 1.0 not in _alerted(run):
+            eps = run.epsilon or 0.0
+            _alert(run, hooks, 1.0, eps, float(run.accountant.target_epsilon), "exhausted")
     if run.metrics and run.metrics[-1].get("test_accuracy") is None:
         run.metrics[-1] = {**run.metrics[-1], **jsonable(run.task.evaluate(run.state.params))}
     run.stopped = jsonable(dict(stop))

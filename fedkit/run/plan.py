@@ -115,4 +115,6 @@ def round_spend(task: Task, strategy: Strategy, plan: RoundPlan) -> RoundSpend:
         num_clients=int(task.num_clients),
         clients_per_round=int(plan.clients.numel()),
         dp_sgd=cfg.dp_sgd,
+        sample_rate=strategy.sample_rate(int(task.num_clients)),
+        sampling=strategy.sampling,
     )

@@ -33,8 +33,16 @@ def test_krum_under_sign_flip_with_an_adversary_node_equals_the_simulation(tmp_p
     # checked without a deployment in tests/experiments/test_adversary_node.py
 
 
-def test_central_dp_with_keyed_noise_equals_the_simulation_and_reports_epsilon(tmp_path):
-    overrides = ("task=digits", "privacy=central", "num_clients=3", "rounds=2")
+def test_central_dp_with_keyed_noise_equals_the_simulation_reports_epsilon_and_stops(tmp_path):
+    # z = 0.5, every client every round: ε is 10.7 after round 1, 16.5 after 2, past 20 after 3
+    overrides = (
+        "task=digits",
+        "privacy=central",
+        "num_clients=3",
+        "rounds=4",
+        "privacy.target_epsilon=20",
+        "privacy.calibrate=false",
+    )
     out = deploy(tmp_path, 3, overrides)
     rec = record(out)
     sim_dir = tmp_path / "simulated"
@@ -43,4 +51,35 @@ def test_central_dp_with_keyed_noise_equals_the_simulation_and_reports_epsilon(t
     sim = record(sim_dir)
     assert rec["privacy_budget"]["epsilon"] == pytest.approx(sim["privacy_budget"]["epsilon"])
     assert [m["epsilon"] for m in rec["metrics"]] == [m["epsilon"] for m in sim["metrics"]]
-    assert rec["privacy"]["mechanism"] == "central"
+    assert rec["privacy"]["mechanism"] == "central" and rec["privacy"]["status"] == "sound"
+    # the deployment stops cleanly before the round that would exceed the budget
+    stopped = rec["run"]["stopped"]
+    assert stopped["reason"] == "privacy_budget" and stopped["after_round"] == 2
+    assert stopped["next_round_epsilon"] > 20 >= rec["privacy_budget"]["epsilon"]
+    assert [m["budget_fraction"] for m in rec["metrics"]] == pytest.approx(
+        [m["epsilon"] / 20 for m in rec["metrics"]]
+    )
+    alerts = [e for e in rec["events"] if e["event"] == "budget_alert"]
+    assert [(a["fraction"], a["round"]) for a in alerts] == [(0.5, 1), (0.8, 2), (1.0, 2)]
+
+
+def test_poisson_sampled_rounds_with_an_empty_one_equal_the_simulation(tmp_path):
+    # q = 1/3: with seed 0 round 4 samples nobody; it still releases noise in both transports
+    overrides = (
+        "task=digits",
+        "privacy=central",
+        "num_clients=3",
+        "rounds=4",
+        "strategy.clients_per_round=1",
+        "privacy.target_epsilon=null",
+        "seed=0",
+    )
+    out = deploy(tmp_path, 3, overrides)
+    rec = record(out)
+    sim_dir = tmp_path / "simulated"
+    expected = simulated_params(experiment(*overrides), sim_dir)
+    assert [m["expected"] for m in rec["metrics"]] == [
+        m["expected"] for m in record(sim_dir)["metrics"]
+    ]
+    assert rec["metrics"][3]["expected"] == 0
+    assert float((deployed_params(out) - expected).abs().max()) <= 1e-5

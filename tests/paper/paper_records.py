@@ -18,6 +18,7 @@ def record(
     missed: tuple[bool, ...] = (False, False, False),
     lost: dict | None = None,
     rejected: dict | None = None,
+    status: str | None = None,
 ) -> dict:
     curve = [accuracy - 0.1 * (len(missed) - 1 - i) for i in range(len(missed))]
     return {
@@ -44,7 +45,8 @@ def record(
         },
         "privacy": {"mechanism": "none", "epsilon": None}
         if epsilon is None
-        else {"mechanism": "central", "epsilon": epsilon, "noise_multiplier": z},
+        else {"mechanism": "central", "epsilon": epsilon, "noise_multiplier": z}
+        | ({} if status is None else {"status": status}),
     }
 
 
@@ -57,8 +59,8 @@ RECORDS = [
     record("krum", "none", "none", 1, 0.84),
     record("krum", "alie", "none", 0, 0.78),
     record("krum", "alie", "none", 1, 0.80),
-    record("dp_tm", "none", "none", 0, 0.70, epsilon=8.0, z=0.5),
-    record("dp_tm", "none", "none", 0, 0.60, epsilon=2.0, z=1.0),
+    record("dp_tm", "none", "none", 0, 0.70, epsilon=8.0, z=0.5, status="nominal"),
+    record("dp_tm", "none", "none", 0, 0.60, epsilon=2.0, z=1.0),  # no status: an old record
     record(
         "fedavg",
         "none",

@@ -40,25 +40,25 @@ digits,dropout,krum,80.0,,,
 """
 
 EPSILON_MD = """\
-**Utility vs privacy: ε (δ as configured) and final test accuracy (%) per attack, mean ± std over 1 seed; best per attack in bold.**
+**Utility vs privacy: ε (δ as configured) and final test accuracy (%) per attack, mean ± std over 1 seed; best per attack in bold. ε marked † is not proven: nominal (noise calibrated as for DP-FedAvg on a chain without a proven sensitivity bound) or unknown (a record from before the check).**
 
 | Defense | ε | none |
 |:---|---:|---:|
-| dp_tm (σ=1) | 2.00 | 60.0 |
-| dp_tm (σ=0.5) | 8.00 | **70.0** |
+| dp_tm (σ=1) | 2.00† (unknown) | 60.0 |
+| dp_tm (σ=0.5) | 8.00† (nominal) | **70.0** |
 """
 
 EPSILON_TEX = r"""\begin{table}[t]
   \centering
   \small
-  \caption{Utility vs privacy: $\varepsilon$ ($\delta$ as configured) and final test accuracy (\%) per attack, mean $\pm$ std over 1 seed; best per attack in bold.}
+  \caption{Utility vs privacy: $\varepsilon$ ($\delta$ as configured) and final test accuracy (\%) per attack, mean $\pm$ std over 1 seed; best per attack in bold. $\varepsilon$ marked \textsuperscript{\dag} is not proven: nominal (noise calibrated as for DP-FedAvg on a chain without a proven sensitivity bound) or unknown (a record from before the check).}
   \label{tab:utility-vs-epsilon}
   \begin{tabular}{lrr}
     \toprule
     Defense & $\varepsilon$ & none \\
     \midrule
-    dp\_tm ($\sigma$=1) & $2.00$ & $60.0$ \\
-    dp\_tm ($\sigma$=0.5) & $8.00$ & $\mathbf{70.0}$ \\
+    dp\_tm ($\sigma$=1) & 2.00\textsuperscript{\dag} (unknown) & $60.0$ \\
+    dp\_tm ($\sigma$=0.5) & 8.00\textsuperscript{\dag} (nominal) & $\mathbf{70.0}$ \\
     \bottomrule
   \end{tabular}
 \end{table}
@@ -95,6 +95,22 @@ def test_utility_vs_epsilon_markdown_and_latex(report):
     _, out = report
     assert (out / "utility_vs_epsilon.md").read_text() == EPSILON_MD
     assert (out / "utility_vs_epsilon.tex").read_text() == EPSILON_TEX
+
+
+def test_sound_epsilon_is_a_number_and_nominal_or_unknown_ones_are_marked():
+    from paper.tables import utility_vs_epsilon
+
+    runs = [
+        to_run(record("dp_fedavg", "none", "none", 0, 0.8, epsilon=3.0, z=1.0, status="sound")),
+        to_run(record("dp_krum", "none", "none", 0, 0.7, epsilon=3.0, z=1.0, status="nominal")),
+    ]
+    (table,) = utility_vs_epsilon(runs)
+    cells = {row[0]: row[1] for row in table.rows}
+    assert cells["dp_fedavg"] == Stat(3.0, None, 1)
+    assert cells["dp_krum"] == "3.00† (nominal)"
+    assert "† is not proven" in table.caption
+    (sound_only,) = utility_vs_epsilon(runs[:1])
+    assert "†" not in sound_only.caption
 
 
 def test_fault_survival_markdown(report):

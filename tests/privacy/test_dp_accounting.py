@@ -78,6 +78,8 @@ def test_epsilon_equals_opacus_for_the_same_history(name, cls):
         ("rdp", 8.0, 1.0, 20),
         ("prv", 1.0, 0.01, 1000),
         ("prv", 8.0, 1.0, 20),
+        ("pld", 1.0, 0.01, 1000),
+        ("pld", 8.0, 1.0, 20),
     ],
 )
 def test_calibrate_inverts_epsilon(accountant, target, q, steps):
@@ -147,3 +149,34 @@ def test_events_and_client_ledgers():
     single = BudgetLedger().step(ev).step(ev)
     assert single.history == ((1.1, 0.01, 2),)
     assert BudgetLedger.from_dict(single.to_dict()) == single
+
+
+# Three independent implementations: Opacus's RDP (an upper bound, loose by the RDP -> (ε, δ)
+# conversion) and PRV, and Google's dp-accounting PLD (pessimistic discretisation). PLD and
+# PRV are both near-exact numerical compositions: they must agree closely, and neither may
+# exceed RDP by more than their discretisation error.
+@settings(max_examples=6, deadline=None)
+@given(st.floats(0.6, 3.0), st.floats(0.005, 1.0), st.integers(1, 300))
+def test_pld_prv_and_rdp_agree(z, q, steps):
+    by = {
+        name: epsilon(noise_multiplier=z, sample_rate=q, steps=steps, delta=DELTA, accountant=name)
+        for name in ("rdp", "prv", "pld")
+    }
+    assert by["pld"] == pytest.approx(by["prv"], rel=0.03, abs=0.02)
+    assert by["pld"] <= by["rdp"] * 1.001 + 0.01
+    assert by["prv"] <= by["rdp"] * 1.001 + 0.01
+
+
+def test_pld_equals_dp_accounting_for_a_mixed_history():
+    import dp_accounting
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    history = [(1.1, 0.1, 30), (0.9, 0.05, 50), (2.0, 1.0, 3)]  # not merged: three events
+    reference = PLDAccountant()
+    for z, q, steps in history:
+        step = dp_accounting.GaussianDpEvent(z)
+        if q < 1:
+            step = dp_accounting.PoissonSampledDpEvent(q, step)
+        reference.compose(step, steps)
+    ours = epsilon_of_history(history, delta=DELTA, accountant="pld")
+    assert ours == pytest.approx(reference.get_epsilon(DELTA), rel=1e-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 import torch
 from helpers import tiny_task
@@ -26,6 +27,8 @@ def _central(z=1.2, m=3, target=None):
         client=fedkit.ClientConfig(epochs=1, batch_size=4, lr=0.1),
         server=fedkit.chain(*dp_fedavg(0.5, z, m)),
         clients_per_round=m,
+        sampling="poisson",
+        quorum=0,
         accountant=CentralDPAccountant(noise_multiplier=z, delta=DELTA, target_epsilon=target),
     )
 
@@ -99,6 +102,55 @@ def test_dpsgd_budget_is_the_largest_client_epsilon_by_hand():
     h = fedkit.simulate(task, strategy, rounds=8, key=1, progress=False, engine="vectorized")
     assert [m["epsilon"] for m in h.metrics] == pytest.approx(expected[:3], rel=1e-12)
     assert h.record["run"]["stopped"]["after_round"] == 3
+
+
+def test_central_accountant_refuses_fixed_size_sampling_it_does_not_analyse():
+    task = tiny_task()  # 6 clients, 3 per round drawn without replacement
+    strategy = attrs.evolve(_central(), sampling="fixed")
+    with pytest.raises(ValueError, match=r"Poisson client sampling.*sampling='fixed'"):
+        fedkit.simulate(task, strategy, rounds=1, key=0, progress=False)
+    # every client in every round (q = 1) needs no sampling analysis
+    full = attrs.evolve(_central(m=6), clients_per_round=None, sampling="fixed")
+    h = fedkit.simulate(task, full, rounds=2, key=0, progress=False)
+    assert [m["epsilon"] for m in h.metrics] == pytest.approx(
+        _central_by_hand([1, 2], q=1.0), rel=1e-12
+    )
+
+
+def test_budget_alerts_fire_once_per_fraction_and_at_the_stop(tmp_path, caplog):
+    eps = _central_by_hand(range(1, 8))
+    target = (eps[4] + eps[5]) / 2  # the run stops after round 5
+    task = tiny_task()
+    with caplog.at_level("WARNING", logger="fedkit.privacy"):
+        h = fedkit.simulate(task, _central(target=target), rounds=8, key=0, progress=False)
+    fractions = [m["budget_fraction"] for m in h.metrics]
+    assert fractions == pytest.approx([e / target for e in eps[:5]], rel=1e-12)
+    alerts = [e for e in h.events if e["event"] == "budget_alert"]
+    expected = [f for f in (0.5, 0.8) if any(x >= f for x in fractions)] + [1.0]
+    assert [a["fraction"] for a in alerts] == expected
+    for a in alerts[:-1]:  # the first round at or past the fraction
+        first = next(i for i, x in enumerate(fractions, 1) if x >= a["fraction"])
+        assert a["round"] == first and a["epsilon"] == pytest.approx(eps[first - 1])
+    assert alerts[-1]["reason"] == "exhausted" and alerts[-1]["round"] == 5
+    assert len([r for r in caplog.records if "privacy budget" in r.getMessage()]) == len(alerts)
+
+
+def test_poisson_sampling_runs_empty_rounds_and_still_releases_noise():
+    task = tiny_task()
+    z = 1.0
+    strategy = attrs.evolve(_central(z=z, m=1), clients_per_round=1)  # q = 1/6
+    h = fedkit.simulate(task, strategy, rounds=12, key=3, progress=False)
+    sampled = [m["expected"] for m in h.metrics]
+    assert 0 in sampled and len(set(sampled)) > 1  # Poisson: the count varies, may be 0
+    empty = sampled.index(0) + 1
+    # the empty round still moves the model (pure noise) and is charged like any other
+    before = fedkit.simulate(task, strategy, rounds=empty - 1, key=3, progress=False)
+    after = fedkit.simulate(task, strategy, rounds=empty, key=3, progress=False)
+    assert not torch.equal(before.final_params, after.final_params)
+    assert h.metrics[empty - 1]["accepted"] == 0
+    assert [m["epsilon"] for m in h.metrics] == pytest.approx(
+        _central_by_hand(range(1, 13), z=z, q=1 / 6), rel=1e-12
+    )
 
 
 def test_dpsgd_accountant_charges_only_the_clients_that_train():
