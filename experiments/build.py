@@ -96,9 +96,10 @@ def build(cfg: DictConfig | Mapping[str, Any], *, task: Any = None) -> Experimen
         [make(node) for node in privacy.pre],
         [make(node) for node in privacy.post],
     )
-    if privacy.sampling == "poisson":
-        # the accountant's sampling; and a round runs (releases noise) even if nobody replied
-        sampling = attrs.evolve(sampling, sampling="poisson", quorum=0)
+    if privacy.sampling == "poisson":  # the sampling the accountant analyses
+        sampling = attrs.evolve(sampling, sampling="poisson")
+    if privacy.mechanism in dp.EVERY_ROUND:  # a round releases noise even if nobody replied
+        sampling = attrs.evolve(sampling, quorum=0)
     strategy = attrs.evolve(
         sampling, client=client, server=chain(*components), accountant=privacy.accountant()
     )

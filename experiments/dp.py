@@ -9,6 +9,11 @@
   nobody replied (quorum 0), as the analysis assumes; ε from :mod:`privacy.accounting`, one
   subsampled Gaussian step per round. ``privacy=central_adaptive`` uses adaptive clipping
   (Andrew et al. 2021) whose clip-count query shares the same total ``z``;
+* ``ftrl`` (user level, DP-FTRL with tree aggregation, Kairouz et al. 2021): the same clipped
+  fixed-denominator mean, then tree-aggregation noise (:class:`privacy.mechanisms.TreeNoise`);
+  no sampling assumed (any sampling, quorum 0): ε from the tree's sensitivity for the clients
+  actually asked (:class:`privacy.tree_accounting.TreeAccountant`); :meth:`Privacy.epsilon` is
+  the worst case, a client asked every round;
 * ``local`` (each client noises its own update): per client, one Gaussian (or Laplace)
   release per round; Gaussian releases compose exactly as Gaussian DP (``T`` releases at
   noise ``z`` are one at ``z / √T``), Laplace ones by basic composition (``T · 2 / z``);
@@ -39,7 +44,8 @@ from typing import Any
 import attrs
 from omegaconf import DictConfig, OmegaConf
 
-MECHANISMS = ("none", "central", "local", "dpsgd")
+MECHANISMS = ("none", "central", "local", "dpsgd", "ftrl")
+EVERY_ROUND = ("central", "ftrl")  # mechanisms whose chain must run (release) every round
 STATUSES = ("none", "sound", "nominal")
 
 
@@ -64,6 +70,7 @@ class Privacy:
     status: str = "none"  # none | sound | nominal (set by :func:`with_chain_status`)
     status_reason: str = ""
     sampling: str | None = None  # central: "poisson"
+    restart_every: int | None = None  # ftrl: a new tree every k rounds
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)  # budget fractions that alert
 
     @property
@@ -80,6 +87,17 @@ class Privacy:
                 noise_multiplier=self.noise_multiplier,
                 delta=self.delta,
                 target_epsilon=self.target_epsilon,
+                accountant=self.accountant_kind,
+                alerts=self.alerts,
+            )
+        if self.mechanism == "ftrl":
+            from privacy.tree_accounting import TreeAccountant
+
+            return TreeAccountant(
+                noise_multiplier=self.noise_multiplier,
+                delta=self.delta,
+                target_epsilon=self.target_epsilon,
+                restart_every=self.restart_every,
                 accountant=self.accountant_kind,
                 alerts=self.alerts,
             )
@@ -109,6 +127,17 @@ class Privacy:
                 sample_rate=self.sample_rate,
                 steps=releases,
                 delta=self.delta,
+                accountant=self.accountant_kind,
+            )
+        if self.mechanism == "ftrl":
+            from privacy.tree_accounting import ftrl_epsilon
+
+            return ftrl_epsilon(
+                z,
+                releases,
+                "every_round",
+                self.delta,
+                restart_every=self.restart_every,
                 accountant=self.accountant_kind,
             )
         if self.mechanism == "dpsgd":
@@ -241,6 +270,16 @@ def _noise_multiplier(
         if dpsgd_worst_epsilon(z, client_steps, rounds, delta, acc) > float(target):
             z = max(for_client(q, s) for q, s in client_steps)
         return z
+    if p.mechanism == "ftrl":
+        from privacy.tree_accounting import calibrate_ftrl
+
+        return calibrate_ftrl(
+            float(target),
+            rounds,
+            "every_round",
+            float(p.delta),
+            restart_every=p.get("restart_every"),
+        )
     if p.mechanism == "central":
         from privacy.accounting import calibrate
 
@@ -289,6 +328,9 @@ def with_chain_status(privacy: Privacy, components: list[Any]) -> tuple[Privacy,
         reason = (
             "clip, uniform weights, fixed-denominator mean over the expected clients, "
             "Gaussian noise; Poisson client sampling (McMahan et al. 2018)"
+            if privacy.mechanism == "central"
+            else "clip, uniform weights, fixed-denominator mean, tree-aggregation noise "
+            "(Kairouz et al. 2021); ε exact for the clients asked, no sampling assumed"
         )
         return (
             attrs.evolve(privacy, status="sound", status_reason=reason),
@@ -345,8 +387,9 @@ def resolve(
         accountant_kind=str(nodes.get("accountant", "rdp")),
         sample_rate=rate if mechanism == "central" else 1.0 if mechanism == "local" else None,
         reducer=_fill_expected_clients(nodes["reducer"], per_round)
-        if mechanism == "central" and nodes.get("reducer")
+        if mechanism in EVERY_ROUND and nodes.get("reducer")
         else None,
+        restart_every=None if nodes.get("restart_every") is None else int(nodes["restart_every"]),
         sampling="poisson" if mechanism == "central" else None,
         alerts=tuple(float(f) for f in nodes.get("alerts") or (0.5, 0.8, 1.0)),
         kind=str(nodes.get("kind", "gaussian")),

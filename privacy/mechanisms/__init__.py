@@ -5,6 +5,8 @@
 * Adaptive clipping: :class:`AdaptiveClipMean` (the whole DP algorithm as one reducer, clip
   norm in its state) or :class:`AdaptiveClip` (the clipping transform alone).
 * Local DP: :class:`LocalDP` (each row clipped and noised, Gaussian or Laplace).
+* DP-FTRL (tree aggregation, no sampling needed): ``chain(*dp_ftrl(C, z, m))`` =
+  clip → uniform weights → fixed mean → :class:`TreeNoise` (:mod:`privacy.tree_accounting`).
 
 Composing with robust aggregation: the order is the user's choice, and it decides what is
 protected.
@@ -45,6 +47,7 @@ from privacy.mechanisms.dp_fedavg import dp_fedavg
 from privacy.mechanisms.fixed_mean import FixedMean, fixed_denominator_mean
 from privacy.mechanisms.gaussian import GaussianNoise, gaussian_noise, gaussian_noise_std
 from privacy.mechanisms.local import LocalDP, laplace, local_dp, local_dp_epsilon
+from privacy.mechanisms.tree import TreeNoise, TreeState, dp_ftrl, prefix_noise, tree_noise_step
 from privacy.mechanisms.weights import CapWeights, UniformWeights, cap_weights, uniform_weights
 
 __all__ = [
@@ -55,6 +58,8 @@ __all__ = [
     "FixedMean",
     "GaussianNoise",
     "LocalDP",
+    "TreeNoise",
+    "TreeState",
     "UniformWeights",
     "adaptive_clip",
     "adaptive_clip_mean",
@@ -62,6 +67,7 @@ __all__ = [
     "clip_rows",
     "clip_scales_l1",
     "dp_fedavg",
+    "dp_ftrl",
     "fixed_denominator_mean",
     "gaussian_noise",
     "gaussian_noise_std",
@@ -69,7 +75,9 @@ __all__ = [
     "local_dp",
     "local_dp_epsilon",
     "next_clip_norm",
+    "prefix_noise",
     "split_noise_multiplier",
+    "tree_noise_step",
     "unclipped_fraction",
     "uniform_weights",
 ]

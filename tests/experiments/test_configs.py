@@ -111,9 +111,9 @@ def test_server_list_keeps_its_order_and_privacy_wraps_the_reducer():
     chain = build(cfg).strategy.server
     assert isinstance(chain, Chain)
     assert [type(c).__name__ for c in chain.components] == [
-        "ClipUpdates", "Clip", "NNM", "TrimmedMean", "GaussianNoise", "FedAvgM",
+        "ClipUpdates", "UniformWeights", "Clip", "NNM", "TrimmedMean", "GaussianNoise", "FedAvgM",
     ]  # fmt: skip
-    noise = chain.components[4]
+    noise = chain.components[5]
     assert noise.expected_clients == 10.0  # filled in: every client is sampled
     assert noise.noise_multiplier == cfg.privacy.noise_multiplier
 

@@ -15,7 +15,7 @@ from experiments.run import run_experiment
 from fedkit.strategy import ServerState
 
 SMALL = ["num_clients=6", "f=1", "rounds=2", "tensorboard=false", "threads=1"]
-CONFIGS = ("central", "central_adaptive", "local", "dpsgd")
+CONFIGS = ("central", "central_adaptive", "local", "dpsgd", "ftrl")
 
 
 def cfg_of(*overrides: str):
