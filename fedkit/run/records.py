@@ -166,8 +166,8 @@ def write_json(path: str | Path, data: Any) -> Path:
 class TensorBoardLog:
     """Scalars of every round under ``log_dir``: ``train/loss``, ``test/accuracy``,
     ``test/loss``, ``replies/<counter>``, ``rejected/<reason>``, ``lost/<reason>``,
-    ``faults/<label>``, ``time/round_s``, ``privacy/epsilon``. ``purge_step`` drops events of rounds a resumed
-    run replays."""
+    ``faults/<label>``, ``time/round_s``, ``privacy/epsilon``, ``privacy/budget_fraction``.
+    ``purge_step`` drops events of rounds a resumed run replays."""
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when asked
@@ -182,6 +182,7 @@ class TensorBoardLog:
             "test/accuracy": metrics.get("test_accuracy"),
             "time/round_s": metrics.get("wall_time"),
             "privacy/epsilon": metrics.get("epsilon"),
+            "privacy/budget_fraction": metrics.get("budget_fraction"),
         }
         for k in ("expected", "received", "valid", "accepted", "stragglers", "byzantine"):
             scalars[f"replies/{k}"] = metrics.get(k)

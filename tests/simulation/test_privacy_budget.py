@@ -122,9 +122,17 @@ def test_budget_alerts_fire_once_per_fraction_and_at_the_stop(tmp_path, caplog):
     target = (eps[4] + eps[5]) / 2  # the run stops after round 5
     task = tiny_task()
     with caplog.at_level("WARNING", logger="fedkit.privacy"):
-        h = fedkit.simulate(task, _central(target=target), rounds=8, key=0, progress=False)
+        h = fedkit.simulate(
+            task, _central(target=target), rounds=8, key=0, progress=False, log_dir=tmp_path
+        )
     fractions = [m["budget_fraction"] for m in h.metrics]
     assert fractions == pytest.approx([e / target for e in eps[:5]], rel=1e-12)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path))
+    board.Reload()
+    logged = {e.step: e.value for e in board.Scalars("privacy/budget_fraction")}
+    assert [logged[r] for r in range(1, 6)] == pytest.approx(fractions, rel=1e-6)
     alerts = [e for e in h.events if e["event"] == "budget_alert"]
     expected = [f for f in (0.5, 0.8) if any(x >= f for x in fractions)] + [1.0]
     assert [a["fraction"] for a in alerts] == expected
