@@ -135,7 +135,34 @@ def deploy_local(args: argparse.Namespace) -> int:
         follow(out / "checkpoints", lambda: done() or time.monotonic() > end, every=1.0)
         final = status[0] if status else "unknown"
         print(f"run {run_id}: {final}; record in {out / 'record.json'}", flush=True)
+        print_privacy(out / "record.json")
     return 0 if final == "finished:completed" else 1
+
+
+def print_privacy(path: Path) -> None:
+    """One line on the run's ε and budget (alerts, stop) from its record, if it has DP."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    budget, privacy = record.get("privacy_budget"), record.get("privacy") or {}
+    if not budget:
+        return
+    eps = budget.get("epsilon")
+    shown = "inf" if eps is None else f"{eps:.4g}"
+    line = f"privacy: ε {shown} at δ {budget.get('delta')} ({privacy.get('status')})"
+    alerts = [e for e in record.get("events", []) if e.get("event") == "budget_alert"]
+    if alerts:
+        line += "; budget alerts " + ", ".join(
+            f"{100 * a['fraction']:.0f}% (round {a['round']})" for a in alerts
+        )
+    stopped = (record.get("run") or {}).get("stopped") or {}
+    if stopped.get("reason") == "privacy_budget":
+        line += (
+            f"; stopped after round {stopped['after_round']}: the next round would spend "
+            f"ε {stopped['next_round_epsilon']:.4g} > target {stopped['target_epsilon']:.4g}"
+        )
+    print(line, flush=True)
 
 
 def deploy_sim(args: argparse.Namespace) -> int:
