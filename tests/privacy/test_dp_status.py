@@ -94,3 +94,19 @@ def test_one_client_moves_the_sound_aggregate_by_at_most_C_over_m(n, d, scale, e
     assert float((with_it - without).norm()) <= bound
     assert float((with_it - zeroed).norm()) <= bound
     assert torch.allclose(without, zeroed)
+
+
+def test_adaptive_clipping_charges_the_count_query_in_the_accountants_epsilon():
+    from privacy.mechanisms.adaptive import default_count_noise_std, split_noise_multiplier
+
+    exp = build(cfg_of("privacy=central_adaptive", "strategy.clients_per_round=3"))
+    reducer = exp.strategy.server.components[1]
+    assert type(reducer).__name__ == "AdaptiveClipMean"
+    z = exp.privacy.noise_multiplier
+    assert exp.strategy.accountant.noise_multiplier == z == reducer.noise_multiplier
+    sigma_b = default_count_noise_std(reducer.count_noise_std, reducer.expected_clients)
+    # the mean gets less than the whole budget: z_mean > z, and the two releases together
+    # are one Gaussian mechanism at z: 1/z^2 = 1/z_mean^2 + 1/(2 sigma_b)^2
+    z_mean = split_noise_multiplier(z, sigma_b)
+    assert z_mean > z
+    assert z_mean**-2 + (2 * sigma_b) ** -2 == pytest.approx(z**-2)
