@@ -1,5 +1,5 @@
 """The ``fedkit`` console script: ``run``, ``bench``, ``tables`` (and ``deploy``, which hands
-over to :mod:`experiments.deploy_cli`).
+over to :mod:`experiments.deploy_cli`; ``audit``, to :mod:`experiments.audit_cli`).
 
 It lives here rather than in ``fedkit`` so that the core never imports the suites
 (docs/architecture.md): ``fedkit = "experiments.cli:main"``. Each subcommand imports its module only
@@ -30,6 +30,8 @@ commands:
                               the same config on Flower's simulation engine (Ray)
   tables RESULTS_DIR [--out DIR] [--no-figures]
                               LaTeX / Markdown / CSV tables and PDF / PNG figures from records
+  audit privacy [OVERRIDE ...] [--method both|one-run|many-run] [--broken-example] [...]
+                              an empirical lower bound on the ε a config claims (canaries)
 
 See experiments/README.md.
 """
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from paper.cli import main as tables_main
 
         return tables_main(rest)
+    if command == "audit":
+        from experiments.audit_cli import main as audit_main
+
+        return audit_main(rest)
     print(f"fedkit: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
