@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import dp
 from fedkit import Strategy, chain
 from fedkit.core.components import Component, Role
+from fedkit.protocols import DPUnitTask
 
 
 @attrs.frozen(eq=False)
@@ -61,6 +62,13 @@ def server_components(cfg: DictConfig) -> list[Component]:
     return [make(node) for node in server.values()]
 
 
+def dp_sizes(task: Any) -> list[int]:
+    """Every client's count of DP-SGD privacy units: episodes for a
+    :class:`~fedkit.protocols.DPUnitTask`, examples otherwise."""
+    count = task.dp_units if isinstance(task, DPUnitTask) else task.client_size
+    return [int(count(c)) for c in range(int(task.num_clients))]
+
+
 def compose_chain(
     components: list[Component], pre: list[Component], post: list[Component]
 ) -> list[Component]:
@@ -86,7 +94,7 @@ def build(cfg: DictConfig | Mapping[str, Any], *, task: Any = None) -> Experimen
         per_round=sampling.num_sampled(int(task.num_clients)),
         total=int(task.num_clients),
         client=client,
-        sizes=[task.client_size(c) for c in range(int(task.num_clients))] if dpsgd else None,
+        sizes=dp_sizes(task) if dpsgd else None,
     )
     if privacy.dp_sgd is not None:  # client DP-SGD rides on the client config
         client = attrs.evolve(client, dp_sgd=make(privacy.dp_sgd))

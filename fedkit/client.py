@@ -35,16 +35,29 @@ def _positive(instance, attribute, value):
         raise ValueError(f"ClientConfig.{attribute.name} must be positive, got {value}")
 
 
+DP_BACKENDS = ("torch.func", "opacus")
+"""Per-example gradient backends of client DP-SGD (``dp_sgd.backend``); a setting whose
+backend is not ``torch.func`` supplies it with ``grad_backend()`` (see
+:func:`fedkit.client_dp.dp_backend`)."""
+
+
 def _dp_setting(instance, attribute, value):
-    if value is not None and not isinstance(value, DPSGDSetting):
+    if value is None:
+        return
+    if not isinstance(value, DPSGDSetting):
         raise TypeError(
             "ClientConfig.dp_sgd must implement fedkit.protocols.DPSGDSetting (max_grad_norm, "
             f"noise_multiplier, batch_size, sample_rate), got {type(value).__name__}"
         )
-    if value is not None and getattr(value, "backend", "torch.func") != "torch.func":
+    backend = getattr(value, "backend", "torch.func")
+    if backend not in DP_BACKENDS:
         raise ValueError(
-            "the simulation engines run DP-SGD with torch.func per-example gradients; "
-            f"dp_sgd.backend={value.backend!r} is for privacy.dpsgd.dpsgd_gradient only"
+            f"ClientConfig.dp_sgd.backend must be one of {DP_BACKENDS}, got {backend!r}"
+        )
+    if backend != "torch.func" and not callable(getattr(value, "grad_backend", None)):
+        raise ValueError(
+            f"ClientConfig.dp_sgd.backend={backend!r} needs a setting that supplies it with "
+            f"grad_backend() (privacy.dpsgd.DPSGD does); {type(value).__name__} has none"
         )
 
 
@@ -64,7 +77,8 @@ class ClientConfig:
     gradient; 0 is FedAvg); ``shuffle`` the data order (drawn from the client's key);
     ``dp_sgd`` client DP-SGD (a :class:`fedkit.protocols.DPSGDSetting`, e.g.
     ``privacy.dpsgd.DPSGD``; its ``batch_size`` replaces ``batch_size`` and batches are
-    Poisson-sampled).
+    Poisson-sampled; its ``backend``, one of :data:`DP_BACKENDS`, picks how per-example
+    gradients are taken).
     FedProx: Li et al. 2020, "Federated Optimization in Heterogeneous Networks".
     """
 

@@ -5,14 +5,20 @@ per epoch are ``ceil(n / setting.batch_size)``. The gradient is
 ``(Σᵢ clip(gᵢ) + N(0, (z·C)² I)) / (q·n)`` (:func:`dp_local_step`), the noise drawn from
 ``fold_in(k_noise, t)`` where ``k_batches, k_noise = split(client key)``. Both engines use
 this one function (the vectorised engine under ``vmap``, batches padded with weight 0).
+
+Only the clipped sum ``Σᵢ wᵢ clip_C(gᵢ)`` depends on how per-example gradients are taken: a
+:class:`DPSGDBackend`, chosen by the setting (:func:`dp_backend`), binds it for a task. The
+batches, the noise and the division by the expected batch are the engines' and the same for
+every backend. :class:`TorchFuncBackend` (``vmap(grad)``, vmappable over clients) is the
+default; ``privacy.dpsgd.OpacusBackend`` uses Opacus's ``GradSampleModule``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -74,7 +80,7 @@ def dp_noise(setting: DPSGDSetting, k_noise: Key, step: int, params: torch.Tenso
     )
 
 
-def _named_model(task: Any) -> bool:
+def applies_own_module(task: Any) -> bool:
     """Whether ``task`` is a :class:`~fedkit.tasks.SupervisedTask` applying its own module
     (then gradients can be taken with respect to the named tensors)."""
     base = sys.modules.get("fedkit.tasks.base")
@@ -90,7 +96,7 @@ def per_example_grads(
     supervised task's gradients are taken with respect to its named parameter tensors (views
     of ``params``): differentiating the flat vector itself would fill a ``[B, d]`` tensor
     per parameter tensor in the backward of the slicing."""
-    if _named_model(task):
+    if applies_own_module(task):
         spec, module = task.spec, task.module
         named = unflatten(params, spec)
 
@@ -137,6 +143,62 @@ def clipped_grad_sum(
     return torch.cat([factors.to(g.dtype) @ g for g in flat])
 
 
+ClippedSum = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]
+"""``(params [d], xb [B, ...], yb [B], wb [B]) -> (Σᵢ wᵢ clip_C(gᵢ) [d], mean loss)``: one
+step's clipped gradient sum over the batch (``wᵢ`` the 0/1 Poisson mask) and the loss
+``Σ wᵢ lᵢ / max(1, Σ wᵢ)``."""
+
+
+@runtime_checkable
+class DPSGDBackend(Protocol):
+    """How a DP-SGD step gets its per-example clipped gradient sum. ``bind(task, C)`` gives
+    the :data:`ClippedSum` of ``task``'s model with clip norm ``C``, built once per client
+    training; ``vmappable`` says whether it may run under ``torch.func.vmap`` over clients
+    (the vectorised engine trains the clients of a backend that is not one by one)."""
+
+    name: ClassVar[str]
+    vmappable: ClassVar[bool]
+
+    def bind(self, task: Any, max_grad_norm: float) -> ClippedSum: ...
+
+
+@attrs.frozen
+class TorchFuncBackend:
+    """Per-example gradients by ``torch.func`` (:func:`per_example_grads`), clipped jointly
+    over all parameters (:func:`clipped_grad_sum`); a pure function, vmappable over clients.
+    (Abadi et al. 2016, Deep Learning with Differential Privacy.)"""
+
+    name: ClassVar[str] = "torch.func"
+    vmappable: ClassVar[bool] = True
+
+    def bind(self, task: Any, max_grad_norm: float) -> ClippedSum:
+        c = float(max_grad_norm)
+
+        def clipped_sum(params, xb, yb, wb):
+            grads, losses = per_example_grads(task, params, xb, yb)
+            loss = (losses * wb).sum() / wb.sum().clamp(min=1)
+            return clipped_grad_sum(grads, wb, c), loss
+
+        return clipped_sum
+
+
+def dp_backend(setting: DPSGDSetting) -> DPSGDBackend:
+    """The backend a DP-SGD setting asks for: ``setting.grad_backend()`` when the setting
+    has one (``privacy.dpsgd.DPSGD`` does), else :class:`TorchFuncBackend`."""
+    make = getattr(setting, "grad_backend", None)
+    if make is None:
+        return TorchFuncBackend()
+    backend = make()
+    if not isinstance(backend, DPSGDBackend):
+        raise TypeError(
+            f"dp_sgd.grad_backend() must return a fedkit.client_dp.DPSGDBackend (name, "
+            f"vmappable, bind), got {type(backend).__name__}"
+        )
+    return backend
+
+
 def dp_local_step(
     task: Any,
     cfg: ClientConfig,
@@ -148,16 +210,19 @@ def dp_local_step(
     anchor: torch.Tensor,
     noise: torch.Tensor,
     expected_batch: torch.Tensor | float,
+    clipped_sum: ClippedSum | None = None,
 ) -> tuple[torch.Tensor, tuple, torch.Tensor]:
     """One DP-SGD step: the gradient ``(Σᵢ wᵢ clip_C(gᵢ) + noise) / expected_batch`` (``wᵢ``
     the 0/1 Poisson mask, ``noise`` from :func:`dp_noise`, ``expected_batch = q·n``), then
-    the optimiser update of :func:`apply_gradient`. Returns ``(params, opt_state, loss)``,
-    the loss being the mean over the batch (0 for an empty batch).
+    the optimiser update of :func:`apply_gradient`. The clipped sum comes from
+    ``clipped_sum`` (a bound :class:`DPSGDBackend`; default :class:`TorchFuncBackend`).
+    Returns ``(params, opt_state, loss)``, the loss being the mean over the batch (0 for an
+    empty batch).
     (Abadi et al. 2016, Deep Learning with Differential Privacy.)"""
-    grads, losses = per_example_grads(task, params, xb, yb)
-    total = clipped_grad_sum(grads, wb, cfg.dp_sgd.max_grad_norm)
+    if clipped_sum is None:
+        clipped_sum = TorchFuncBackend().bind(task, cfg.dp_sgd.max_grad_norm)
+    total, loss = clipped_sum(params, xb, yb, wb)
     grad = (total + noise) / expected_batch
-    loss = (losses * wb).sum() / wb.sum().clamp(min=1)
     params, opt_state = apply_gradient(cfg, params, opt_state, grad, anchor)
     return params, opt_state, loss.detach()
 

@@ -166,13 +166,27 @@ class DPSGDSetting(Protocol):
     def sample_rate(self, local_examples: int) -> float: ...
 
 
+@runtime_checkable
+class DPUnitTask(Protocol):
+    """A task whose client DP-SGD protects a unit larger than one example (e.g. the SO-100
+    task's episodes, ``dp_unit = "episode"``): ``dp_units(client)`` is how many units a
+    client holds (the Poisson population of its DP-SGD batches) and ``steps_for(client, cfg,
+    work)`` its local steps. Accountants count units, not examples."""
+
+    dp_unit: str
+
+    def dp_units(self, client: int) -> int: ...
+
+    def steps_for(self, client: int, cfg: Any, work: int) -> int: ...
+
+
 @attrs.frozen(eq=False)
 class RoundSpend:
     """What one round is about to release, known before anyone trains: the ids of the
-    clients that will train (int64 ``[k]``), their example counts and local steps (int64
-    ``[k]``), the population size, the clients sampled this round, the strategy's client
-    DP-SGD setting (``None`` without), the probability ``sample_rate`` that a client is
-    sampled and how (``sampling``: ``"fixed"`` size without replacement or ``"poisson"``)."""
+    clients that will train (int64 ``[k]``), their example counts (privacy units under
+    DP-SGD on a :class:`DPUnitTask`) and local steps (int64 ``[k]``), the population size,
+    the clients sampled this round, the strategy's client DP-SGD setting (``None`` without),
+    the probability ``sample_rate`` that a client is sampled and how (``sampling``: ``"fixed"`` size without replacement or ``"poisson"``)."""
 
     round: int
     clients: torch.Tensor

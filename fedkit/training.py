@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fedkit.client import ClientConfig, batch_schedule, init_opt_state, local_step, num_steps
-from fedkit.client_dp import dp_keys, dp_local_step, dp_noise, poisson_schedule
+from fedkit.client_dp import dp_backend, dp_keys, dp_local_step, dp_noise, poisson_schedule
 from fedkit.core.keys import Key
 
 
@@ -59,9 +59,11 @@ def train_local_dp(
     cfg: ClientConfig,
 ) -> tuple[torch.Tensor, float, int]:
     """Local DP-SGD (:func:`fedkit.client_dp.dp_local_step` on Poisson batches padded with
-    weight-0 examples): ``(update, mean loss, steps)``."""
+    weight-0 examples, the clipped sums from the setting's
+    :func:`~fedkit.client_dp.dp_backend`): ``(update, mean loss, steps)``."""
     n, setting = int(x.shape[0]), cfg.dp_sgd
     steps = num_steps(n, work, cfg)
+    clipped_sum = dp_backend(setting).bind(task, setting.max_grad_norm)
     q = float(setting.sample_rate(n))
     k_batches, k_noise = dp_keys(key)
     index, mask = poisson_schedule(n, steps, q, k_batches)
@@ -80,6 +82,7 @@ def train_local_dp(
             params,
             dp_noise(setting, k_noise, t, params),
             q * n,
+            clipped_sum,
         )
         total += loss.to(torch.float64)
     return local - params, float(total / max(steps, 1)), steps

@@ -16,7 +16,7 @@ import torch
 
 from fedkit.client import num_steps
 from fedkit.core.keys import Key, fold_in, split
-from fedkit.protocols import RoundSpend, Task
+from fedkit.protocols import DPUnitTask, RoundSpend, Task
 from fedkit.strategy import ServerState, Strategy
 
 
@@ -100,18 +100,21 @@ def plan_round(
 
 def round_spend(task: Task, strategy: Strategy, plan: RoundPlan) -> RoundSpend:
     """What the planned round releases, for a privacy accountant: who trains, on how many
-    examples, for how many local steps."""
+    examples (privacy units of a :class:`~fedkit.protocols.DPUnitTask` under DP-SGD), for how
+    many local steps."""
     cfg = strategy.client
     asked = plan.asked
-    sizes = [int(task.client_size(c)) for c in asked]
+    if cfg.dp_sgd is not None and isinstance(task, DPUnitTask):  # e.g. episode-level DP
+        sizes = [int(task.dp_units(c)) for c in asked]
+        steps = [int(task.steps_for(c, cfg, w)) for c, w in asked.items()]
+    else:
+        sizes = [int(task.client_size(c)) for c in asked]
+        steps = [num_steps(n, w, cfg) for n, w in zip(sizes, asked.values(), strict=True)]
     return RoundSpend(
         round=plan.round,
         clients=torch.tensor(list(asked), dtype=torch.int64),
         local_examples=torch.tensor(sizes, dtype=torch.int64),
-        local_steps=torch.tensor(
-            [num_steps(n, w, cfg) for n, w in zip(sizes, asked.values(), strict=True)],
-            dtype=torch.int64,
-        ),
+        local_steps=torch.tensor(steps, dtype=torch.int64),
         num_clients=int(task.num_clients),
         clients_per_round=int(plan.clients.numel()),
         dp_sgd=cfg.dp_sgd,

@@ -3,7 +3,8 @@
 Works for every task: a :class:`~fedkit.tasks.SupervisedTask` trains with
 :func:`fedkit.training.train_local` on the job's data (possibly poisoned by the adversary),
 so results match the vectorised engine; any other task trains with its own
-``train_client``.
+``train_client``, with client DP-SGD only when it runs DP-SGD itself and says over which
+privacy unit (``task.dp_unit``, e.g. the SO-100 task's episodes).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ class SequentialEngine:
     ) -> LocalResults:
         out = LocalResults.empty(len(jobs), params)
         supervised = isinstance(task, SupervisedTask)
-        if not supervised and cfg.dp_sgd is not None:
+        if not supervised and cfg.dp_sgd is not None and getattr(task, "dp_unit", None) is None:
             raise ValueError(
-                f"ClientConfig.dp_sgd needs the engines' own training loop, but task "
-                f"{task.name!r} trains with its own train_client"
+                f"ClientConfig.dp_sgd needs the engines' own training loop or a task that runs "
+                f"DP-SGD itself (a dp_unit attribute), but task {task.name!r} trains with its "
+                "own train_client and has none"
             )
         with torch.no_grad():
             for i, job in enumerate(jobs):

@@ -8,7 +8,11 @@ math is the sequential engine's). Clients with fewer local steps (less data, str
 stop early: clients are sorted by their number of steps, so the ones still training at step
 ``t`` are a prefix of the stack and each step works on that prefix only (without ``vmap``
 once a single client is left). Client DP-SGD runs :func:`fedkit.client_dp.dp_local_step` under
-``vmap`` the same way, on Poisson batches padded to the widest one.
+``vmap`` the same way, on Poisson batches padded to the widest one, when its backend is
+vmappable (:class:`fedkit.client_dp.TorchFuncBackend`); the clients of a backend that is not
+(Opacus: its hooks keep per-sample gradients on module parameters) are trained one by one
+with :func:`fedkit.training.train_local`, the sequential engine's function, so both engines
+give the same result for the same keys.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from fedkit.client import (
     updates_buffers,
 )
 from fedkit.client_dp import (
+    dp_backend,
     dp_keys,
     dp_local_step,
     dp_noise,
@@ -39,6 +44,7 @@ from fedkit.client_dp import (
 from fedkit.core.keys import key as root_key
 from fedkit.simulation.jobs import ClientJob, LocalResults
 from fedkit.tasks.base import SupervisedTask
+from fedkit.training import train_local
 
 
 def vmap_blocker(task: Any, cfg: ClientConfig) -> str | None:
@@ -75,6 +81,8 @@ def _group(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train ``jobs`` (all with data and work) together: ``(updates, loss, steps)``."""
     if cfg.dp_sgd is not None:
+        if not dp_backend(cfg.dp_sgd).vmappable:
+            return _one_by_one(task, params, jobs, cfg)
         return _group_dp(task, params, jobs, cfg)
     steps = [num_steps(j.num_examples, j.work, cfg) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda i: -steps[i])  # longest schedules first
@@ -121,6 +129,18 @@ def _group(
     return _in_job_order(order, stacked, params, total, counts)
 
 
+def _one_by_one(
+    task: Any, params: torch.Tensor, jobs: Sequence[ClientJob], cfg: ClientConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_group` without ``vmap``: each job trained by :func:`fedkit.training.train_local`
+    (as the sequential engine does), for DP-SGD backends that are not vmappable."""
+    results = [train_local(task, params, j.x, j.y, j.work, j.key, cfg) for j in jobs]
+    updates = torch.stack([u for u, _, _ in results])
+    loss = torch.tensor([lo for _, lo, _ in results], dtype=torch.float64)
+    steps = torch.tensor([s for _, _, s in results], dtype=torch.int64)
+    return updates, loss, steps
+
+
 def _group_dp(
     task: Any, params: torch.Tensor, jobs: Sequence[ClientJob], cfg: ClientConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,8 +173,10 @@ def _group_dp(
     stacked = params.expand(g, -1).clone()
     state = tuple(s.expand(g, *s.shape).clone() for s in init_opt_state(params, cfg))
     total = torch.zeros(g, dtype=torch.float64)
+    clipped_sum = dp_backend(setting).bind(task, setting.max_grad_norm)
     step = torch.func.vmap(
-        functools.partial(dp_local_step, task, cfg), in_dims=(0, 0, 0, 0, 0, None, 0, 0)
+        functools.partial(dp_local_step, task, cfg, clipped_sum=clipped_sum),
+        in_dims=(0, 0, 0, 0, 0, None, 0, 0),
     )
     for t, a in enumerate(active):
         width = max(1, int(mask[:a, t].sum(1).max()))  # real entries come first in a row

@@ -8,9 +8,10 @@ Two implementations give the same clipped gradient sum on the same batch:
 
 :class:`DPSGD` is the setting a ``ClientConfig(dp_sgd=...)`` carries (it implements
 :class:`fedkit.protocols.DPSGDSetting`); the simulation engines run it with
-:func:`fedkit.client_dp.dp_local_step`, whose clipping (:func:`fedkit.client_dp.clipped_grad_sum`)
-is the one :mod:`privacy.dpsgd.functional` uses too. :func:`dpsgd_gradient` is one private
-gradient outside the engines (either backend).
+:func:`fedkit.client_dp.dp_local_step`, the clipped sums from the backend its ``backend``
+field picks (:meth:`DPSGD.grad_backend`: :class:`fedkit.client_dp.TorchFuncBackend`, whose
+clipping :mod:`privacy.dpsgd.functional` shares, or :class:`OpacusBackend`).
+:func:`dpsgd_gradient` is one private gradient outside the engines (either backend).
 """
 
 from privacy.dpsgd.config import BACKENDS, DPSGD
@@ -25,6 +26,7 @@ from privacy.dpsgd.functional import (
     per_sample_norms,
     privatize,
 )
+from privacy.dpsgd.opacus_backend import OpacusBackend, opacus_per_example_grads
 from privacy.dpsgd.opacus_path import (
     check_opacus_compatible,
     opacus_clipped_grad_sum,
@@ -36,6 +38,7 @@ from privacy.dpsgd.step import dpsgd_gradient
 __all__ = [
     "BACKENDS",
     "DPSGD",
+    "OpacusBackend",
     "check_opacus_compatible",
     "clip_factors",
     "clipped_grad_sum",
@@ -45,6 +48,7 @@ __all__ = [
     "noisy_grad",
     "opacus_clipped_grad_sum",
     "opacus_noisy_grad",
+    "opacus_per_example_grads",
     "per_sample_grads",
     "per_sample_grads_of",
     "per_sample_norms",

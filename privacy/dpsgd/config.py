@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 
+from fedkit.client_dp import TorchFuncBackend
 from privacy.accounting import PrivacyEvent, dpsgd_event
 
 BACKENDS = ("torch.func", "opacus")
@@ -33,8 +35,11 @@ def _backend(_, __, value):
 class DPSGD:
     """Client-side DP-SGD: per-example clipping to ``max_grad_norm``, Gaussian noise with
     multiplier ``noise_multiplier``, Poisson-sampled batches of expected size
-    ``batch_size`` (rate ``q = batch_size / local examples``); ``backend`` picks the
-    ``torch.func`` fast path or the Opacus path.
+    ``batch_size`` (rate ``q = batch_size / local examples``); ``backend`` picks how the
+    per-example gradients are taken: ``"torch.func"`` (vmappable over clients) or
+    ``"opacus"`` (Opacus's ``GradSampleModule``); :meth:`grad_backend` gives the engines'
+    :class:`fedkit.client_dp.DPSGDBackend` for it. Batches, noise and accounting do not
+    depend on the backend.
 
     (Abadi et al. 2016, Deep Learning with Differential Privacy.)
     """
@@ -43,6 +48,15 @@ class DPSGD:
     noise_multiplier: float = attrs.field(converter=float, validator=_non_negative)
     batch_size: int = attrs.field(converter=int, validator=_positive("batch_size"))
     backend: str = attrs.field(default="torch.func", validator=_backend)
+
+    def grad_backend(self) -> Any:
+        """The :class:`fedkit.client_dp.DPSGDBackend` of ``backend`` (Opacus imported only
+        when asked for)."""
+        if self.backend == "opacus":
+            from privacy.dpsgd.opacus_backend import OpacusBackend
+
+            return OpacusBackend()
+        return TorchFuncBackend()
 
     def sample_rate(self, local_examples: int) -> float:
         """Poisson rate ``min(1, batch_size / local_examples)``."""

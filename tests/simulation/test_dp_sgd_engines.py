@@ -189,7 +189,8 @@ def test_dp_sgd_runs_vectorised_and_rejects_bad_settings():
     assert pick_engine(task, strategy, "auto").name == "vectorized"
     with pytest.raises(TypeError, match="DPSGDSetting"):
         ClientConfig(dp_sgd={"max_grad_norm": 1.0})
+    assert ClientConfig(dp_sgd=DPSGD(1.0, 1.0, 4, backend="opacus")).dp_sgd.backend == "opacus"
     with pytest.raises(ValueError, match="backend"):
-        ClientConfig(dp_sgd=DPSGD(1.0, 1.0, 4, backend="opacus"))
+        ClientConfig(dp_sgd=attrs.evolve(DPSGD(1.0, 1.0, 4), backend="jax"))
     with pytest.raises(ValueError, match="weights"):
         clipped_grad_sum(torch.zeros(3, 2), torch.zeros(2), 1.0)

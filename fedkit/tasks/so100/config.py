@@ -75,6 +75,11 @@ class So100Config:
     ``max_eval_frames`` caps the held-out frames evaluated (evenly spaced), ``cache_frames``
     keeps decoded frames in memory (for small datasets: decoding dominates a tiny model's
     step).
+
+    Privacy: a ``ClientConfig.dp_sgd`` setting trains with episode-level DP-SGD
+    (:mod:`fedkit.tasks.so100.dp`; its ``batch_size`` counts episodes);
+    ``dp_frames_per_episode`` caps the frames of a sampled episode that its loss averages
+    over (``None``: all of them).
     """
 
     repo_id: tuple[str, ...] = attrs.field(converter=_strings)
@@ -96,6 +101,7 @@ class So100Config:
     optimizer: str = "adamw"
     device: str = "cpu"
     cache_frames: bool = False
+    dp_frames_per_episode: int | None = attrs.field(default=None, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if None in self.repo_id:

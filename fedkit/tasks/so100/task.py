@@ -14,6 +14,11 @@ fresh policy from ``key`` and returns its trainable parameters. ``train_client(k
 draws the batch order from one half of ``key`` and, step by step, the policy's internal
 randomness (flow-matching noise and time, dropout) from the other.
 
+Privacy. With ``ClientConfig(dp_sgd=setting)`` a client trains with episode-level DP-SGD
+(:mod:`fedkit.tasks.so100.dp`): the privacy unit is an episode, ``setting.batch_size`` is
+the expected number of episodes per step, and the accountant's rate is over the client's
+episodes (:meth:`So100Task.dp_units`), not its frames.
+
 LeRobot initialises weights and samples noise from torch's global RNG. Those calls run
 inside :func:`~fedkit.tasks.so100.rng.seeded_global_rng`, which forks the global RNG,
 seeds it from the key and restores it afterwards: results depend only on the keys, and the
@@ -36,11 +41,13 @@ from typing import Any
 import torch
 
 from fedkit.client import ClientConfig
+from fedkit.client_dp import dp_noise, poisson_schedule
 from fedkit.core.flat import ParamSpec, flatten, spec_of, unflatten
 from fedkit.core.keys import Key, fold_in, permutation
 from fedkit.core.keys import key as make_key
 from fedkit.core.keys import split as split_key
 from fedkit.tasks.so100.config import So100Config
+from fedkit.tasks.so100.dp import episode_dp_gradient, episode_subset, frames_by_episode
 from fedkit.tasks.so100.episodes import Episode, assign_clients, holdout
 from fedkit.tasks.so100.rng import seeded_global_rng
 
@@ -92,6 +99,7 @@ class So100Task:
     """
 
     name = "so100"
+    dp_unit = "episode"  # the privacy unit of its client DP-SGD (see the module doc)
 
     def __init__(self, config: So100Config, key: Key) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
@@ -151,6 +159,10 @@ class So100Task:
         """Number of frames (training examples) of ``client``."""
         return self._frame_count(self.client_episodes[self._check_client(client)])
 
+    def dp_units(self, client: int) -> int:
+        """Number of episodes of ``client``: the privacy units its DP-SGD samples from."""
+        return len(self.client_episodes[self._check_client(client)])
+
     @property
     def holdout_size(self) -> int:
         return self._frame_count(self.holdout_episodes)
@@ -205,6 +217,15 @@ class So100Task:
             raise TypeError("train_client: pass either a ClientConfig and work, or steps= and lr=")
         if work is None:
             raise TypeError("train_client: a ClientConfig needs work (epochs or steps)")
+        if cfg.dp_sgd is not None:
+            if cfg.prox_mu:
+                raise ValueError(
+                    f"ClientConfig.prox_mu={cfg.prox_mu}: the SO-100 task's DP-SGD has no "
+                    "proximal term; use prox_mu=0"
+                )
+            return self._train_dp(
+                flat, client, self.steps_for(client, cfg, work), cfg.lr, cfg.dp_sgd, key
+            )
         return self._train(
             flat, client, self.steps_for(client, cfg, work), cfg.lr, cfg.prox_mu, key
         )
@@ -212,11 +233,14 @@ class So100Task:
     def steps_for(self, client: int, cfg: ClientConfig, work: int) -> int:
         """Optimizer steps for ``work`` units of ``cfg``: ``work`` steps when ``cfg.steps`` is
         set, else ``work`` epochs of ``ceil(frames / batch_size)`` steps each, with the
-        task's batch size (the one :func:`batch_order` draws batches of)."""
+        task's batch size (the one :func:`batch_order` draws batches of). With
+        ``cfg.dp_sgd`` an epoch is ``ceil(episodes / dp_sgd.batch_size)`` steps."""
         if not isinstance(work, int) or work < 0:
             raise ValueError(f"work must be a non-negative int, got {work!r}")
         if cfg.steps is not None:
             return work
+        if cfg.dp_sgd is not None:
+            return work * math.ceil(self.dp_units(client) / int(cfg.dp_sgd.batch_size))
         return work * math.ceil(self.client_size(client) / self.config.batch_size)
 
     def _train(
@@ -268,6 +292,105 @@ class So100Task:
                 "loss_last": losses[-1],
             }
         return delta, self.client_size(client), metrics
+
+    def _train_dp(
+        self,
+        flat: torch.Tensor,
+        client: int,
+        steps: int,
+        lr: float,
+        setting: Any,
+        key: Key,
+    ) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """Episode-level DP-SGD (:mod:`fedkit.tasks.so100.dp`): ``steps`` steps, each on a
+        Poisson sample of the client's episodes. The keys ``k_batches, k_noise, k_frames,
+        k_policy = split(key, 4)`` draw the episode samples, the noise, the frames of a
+        long episode and the policy's randomness. One backward pass per sampled episode:
+        per-episode gradients need the episode's frames in a forward pass of their own
+        (Opacus has no per-sample rule for SmolVLA's RMSNorm and torch.func's ``vmap``
+        refuses the global-RNG noise drawn inside ``policy.forward``), and a step samples
+        only ``batch_size`` episodes on average. The policy preset's gradient-norm clip is
+        not applied: the DP gradient is bounded by construction. The optimiser (AdamW or
+        SGD) only post-processes the private gradient."""
+        self.spec.check(flat, what="global parameters")
+        self._check_client(client)
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        units = self.dp_units(client)
+        q = float(setting.sample_rate(units))
+        expected, c = q * units, float(setting.max_grad_norm)
+        k_batches, k_noise, k_frames, k_policy = split_key(key, 4)
+        index, mask = poisson_schedule(units, steps, q, k_batches)
+        frames = frames_by_episode(self._frame_episodes(client), range(units))
+        policy = self._load(flat)
+        policy.train()
+        optimizer, _ = self._optimizer(lr)
+        data = self._dataset(client)
+        reference = torch.zeros(self.spec.size, dtype=flat.dtype, device=self.config.device)
+        losses, sampled = [], 0
+        with torch.enable_grad():  # engines may call this under no_grad
+            for t in range(steps):
+                grads, step_losses = [], []
+                for j in index[t][mask[t]].tolist():
+                    rows = episode_subset(
+                        frames[j],
+                        self.config.dp_frames_per_episode,
+                        fold_in(fold_in(k_frames, t), j),
+                    )
+                    batch = self._batch(data, client, rows)
+                    with seeded_global_rng(fold_in(fold_in(k_policy, t), j)):
+                        loss = _loss(policy.forward(batch))
+                    grads.append(self._flat_grad(loss))
+                    step_losses.append(float(loss.detach()))
+                stacked = torch.stack(grads) if grads else reference.new_zeros(0, reference.numel())
+                noise = dp_noise(setting, k_noise, t, reference)
+                grad = episode_dp_gradient(stacked, c, noise, expected)
+                for p, g in zip(self._params, unflatten(grad, self.spec).values(), strict=True):
+                    p.grad = g.to(p.dtype).clone()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                sampled += len(step_losses)
+                if step_losses:
+                    losses.append(sum(step_losses) / len(step_losses))
+        delta = self._flat_trainable().to(flat.device) - flat
+        metrics = {"steps": float(steps), "dp_episodes_sampled": float(sampled)}
+        if losses:
+            metrics |= {
+                "loss": sum(losses) / len(losses),
+                "loss_first": losses[0],
+                "loss_last": losses[-1],
+            }
+        return delta, self.client_size(client), metrics
+
+    def _flat_grad(self, loss: torch.Tensor) -> torch.Tensor:
+        """The gradient of ``loss`` with respect to the trainable parameters, flat (zeros for
+        parameters the loss does not use)."""
+        grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        return torch.cat(
+            [
+                torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                if g is None
+                else g.reshape(-1)
+                for p, g in zip(self._params, grads, strict=True)
+            ]
+        )
+
+    def _frame_episodes(self, client: int) -> torch.Tensor:
+        """For each frame of ``client``'s data (in data order), the position of its episode
+        in ``client_episodes[client]``."""
+        ids = self.client_episodes[client]
+        position = {(self.episodes[i].source, self.episodes[i].index): k for k, i in enumerate(ids)}
+        data = self._dataset(client)
+        sources = sorted({self.episodes[i].source for i in ids})  # the parts' order (_frames)
+        out = []
+        for part, s in zip(data.datasets, sources, strict=True):
+            column = [int(e) for e in part.hf_dataset["episode_index"]]
+            if len(column) != len(part):  # not one row per frame: read the frames themselves
+                column = [int(part[i]["episode_index"]) for i in range(len(part))]
+            out += [position[(s, e)] for e in column]
+        return torch.tensor(out, dtype=torch.int64)
 
     def evaluate(self, flat: torch.Tensor) -> dict[str, float]:
         """The policy's loss on the held-out episodes (``"test_loss"``), averaged over
