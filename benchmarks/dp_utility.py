@@ -318,11 +318,7 @@ def markdown(result: dict) -> str:
     so = result["so100"]
     lines += ["", "## SO-100, tiny SmolVLA, episode-level DP-SGD", ""]
     if so["present"]:
-        lines.append("From `benchmarks/results/dp_utility_so100.json`:")
-        lines.append("")
-        lines.append("```json")
-        lines.append(json.dumps({k: v for k, v in so.items() if k != "present"}, indent=1))
-        lines.append("```")
+        lines += so100_table(so)
     else:
         lines.append(f"Not measured yet: {so['note']}.")
     lines += ["", "## Where ε ≤ 1 with < 10 % loss holds", ""]
@@ -404,11 +400,50 @@ def verdict(result: dict) -> list[str]:
             )
         else:
             out.append(f"* {name}: no point with ε ≤ 1 was run.")
-    out.append(
-        "* SO-100: see its section"
-        + ("." if result["so100"]["present"] else " (not measured here).")
-    )
+    so = result["so100"]
+    if not so["present"]:
+        out.append("* SO-100: not measured here.")
+        return out
+    good = [
+        r
+        for r in so["rows"]
+        if r["epsilon"] is not None and r["epsilon"] <= 1 and r["relative_utility_loss"] < 0.10
+    ]
+    private = [r for r in so["rows"] if r["epsilon"] is not None and r["epsilon"] <= 1]
+    if good:
+        out.append(f"* SO-100: **holds** — {good[0]['setting']}.")
+    elif private:
+        r = private[0]
+        out.append(
+            f"* SO-100: **does not hold** — at ε = {r['epsilon']:.2f} the held-out action "
+            f"loss is {_pct(r['relative_utility_loss'])} worse than non-private."
+        )
     return out
+
+
+def so100_table(so: dict[str, Any]) -> list[str]:
+    """The SO-100 rows (episode-level DP-SGD, held-out action loss; lower is better)."""
+    setup = so["setup"]
+    lines = [
+        f"Tiny SmolVLA (LeRobot 0.6.1, offline config), {setup['clients']} clients × "
+        f"{setup['client_episodes'][0]} generated SO-100 episodes of {setup['frames']} frames, "
+        f"{setup['heldout_episodes']} held-out episodes, {setup['rounds']} rounds × "
+        f"{setup['steps']} local steps, {setup['batch_episodes']} expected episodes per batch, "
+        f"clip {setup['clip']}; privacy unit: an episode ({so['accountant']}). Held-out "
+        f"flow-matching action loss (lower is better; untrained "
+        f"{setup['initial_heldout_loss']:.3f}). Command: `{so['command']}` "
+        f"({so['seconds_total'] / 60:.1f} min).",
+        "",
+        "| setting | ε (δ = 1e-5) | held-out action loss | loss vs non-DP |",
+        "|---|---|---|---|",
+    ]
+    for r in so["rows"]:
+        eps = "∞ (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        lines.append(
+            f"| {r['setting']} | {eps} | {r['heldout_action_loss']:.3f} | "
+            f"{_pct(r['relative_utility_loss'])} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
