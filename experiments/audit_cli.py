@@ -1,4 +1,5 @@
-"""``fedkit audit privacy``: an empirical lower bound on ε for an experiment config.
+"""``fedkit audit privacy``: an empirical lower bound on ε for an experiment config;
+``fedkit audit verify``: check a run's hash-chained audit log (:func:`verify_main`).
 
 The config is composed from the same Hydra tree and overrides as ``fedkit run`` and built with
 :func:`experiments.build.build`; the audit then runs the built strategy's server side
@@ -39,6 +40,11 @@ commands:
                               an empirical lower bound on the ε a config claims, e.g.
                                 fedkit audit privacy privacy=central privacy.noise_multiplier=1 \\
                                   rounds=2 --population 2000
+  verify LOG [--record RECORD] [--allow-torn]
+                              check a hash-chained audit log (exit 0: intact; 1: the first
+                              bad line and what is wrong; 2: unreadable), e.g.
+                                fedkit audit verify runs/x/audit.jsonl --record runs/x/record.json
+                              without --record a cut tail cannot be seen
 """
 
 
@@ -298,12 +304,64 @@ def default_out() -> Path:
     return Path("runs") / "audit" / f"privacy-{stamp}.json"
 
 
+def verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedkit audit verify",
+        description="Check a hash-chained audit log (fedkit.run.audit_log).",
+    )
+    parser.add_argument("log", help="the audit log, e.g. OUT_DIR/audit.jsonl")
+    parser.add_argument(
+        "--record",
+        help="the run's record.json: its audit head lets a cut tail be seen "
+        "(without it, truncation at an entry boundary cannot be detected)",
+    )
+    parser.add_argument(
+        "--allow-torn",
+        action="store_true",
+        help="accept a partial last line (a write cut by a crash) when every whole entry "
+        "before it verifies",
+    )
+    return parser
+
+
+def verify_main(argv: list[str]) -> int:
+    """``fedkit audit verify``: 0 when the log is intact, 1 naming the first bad line (a torn
+    tail too, unless ``--allow-torn``), 2 when the log or the record cannot be read or the
+    arguments are wrong."""
+    from fedkit.run.audit_log import Head, verify
+
+    try:
+        args = verify_parser().parse_args(argv)
+    except SystemExit as exc:  # usage error (2) or --help (0): an exit code, like the rest
+        return int(exc.code or 0)
+    head = None
+    try:
+        if args.record is not None:
+            head = Head.from_record(json.loads(Path(args.record).read_text()))
+        result = verify(args.log, head)
+    except (OSError, ValueError) as exc:
+        print(f"fedkit audit verify: {exc}", file=sys.stderr)
+        return 2
+    if result.ok:
+        print(f"{args.log}: {result}")
+        if head is None:
+            print("(no --record: a cut tail would not be seen)")
+        return 0
+    if result.torn and args.allow_torn:
+        print(f"{args.log}: {result.entries} whole entries intact; {result}")
+        return 0
+    print(f"{args.log}: {result}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str]) -> int:
-    """``fedkit audit <command>``: ``privacy`` (more audits join this group later)."""
+    """``fedkit audit <command>``: ``privacy``, ``verify``."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
     if argv[0] == "privacy":
         return privacy_main(argv[1:])
+    if argv[0] == "verify":
+        return verify_main(argv[1:])
     print(f"fedkit audit: unknown command {argv[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2

@@ -32,6 +32,8 @@ commands:
                               LaTeX / Markdown / CSV tables and PDF / PNG figures from records
   audit privacy [OVERRIDE ...] [--method both|one-run|many-run] [--broken-example] [...]
                               an empirical lower bound on the ε a config claims (canaries)
+  audit verify LOG [--record RECORD] [--allow-torn]
+                              check a run's hash-chained audit log (exit 1 names the first bad line)
 
 See experiments/README.md.
 """

@@ -13,6 +13,11 @@ controls get the adversary's copy of the config (``D/deployment/adversary.json``
 its attack (:mod:`experiments.adversary_node`). Everything the run writes lands in ``D``
 (``record.json``, ``record.safetensors``, ``checkpoints/``, TensorBoard, ``events.jsonl``);
 the deployment's own files (PKI, logs, SuperLink database) in ``D/deployment``.
+
+``--metrics`` gives the ServerApp a Prometheus endpoint with ``/healthz`` and ``/readyz``
+(address in ``D/metrics.json``) and every node one; ``--prometheus`` also runs Debian's
+Prometheus server scraping them every second (``D/deployment/prometheus``: config, TSDB, log),
+waits for a last scrape after the run and prints what it holds (``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     local.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoints")
     local.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
     local.add_argument("--round-deadline", type=float, default=300.0, help="seconds per round")
+    local.add_argument(
+        "--metrics",
+        action="store_true",
+        help="Prometheus endpoints on the ServerApp (with /healthz, /readyz) and every node",
+    )
+    local.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run a Prometheus server scraping them (Debian's prometheus; implies --metrics)",
+    )
     local.add_argument(
         "--privacy-floor",
         default="",
@@ -116,6 +131,8 @@ def deploy_local(args: argparse.Namespace) -> int:
         auth=not args.no_auth,
         app=APP,
         node_configs=node_configs,
+        metrics=args.metrics or args.prometheus,
+        prometheus=args.prometheus,
     )
     with deployment:
         mode = "insecure" if deployment.insecure else "TLS" + (" + node auth" * deployment.auth)
@@ -136,6 +153,8 @@ def deploy_local(args: argparse.Namespace) -> int:
         final = status[0] if status else "unknown"
         print(f"run {run_id}: {final}; record in {out / 'record.json'}", flush=True)
         print_privacy(out / "record.json")
+        if deployment.prom is not None:
+            print_prometheus(deployment.prom, since=time.time())
     return 0 if final == "finished:completed" else 1
 
 
@@ -163,6 +182,32 @@ def print_privacy(path: Path) -> None:
             f"ε {stopped['next_round_epsilon']:.4g} > target {stopped['target_epsilon']:.4g}"
         )
     print(line, flush=True)
+
+
+SUMMARY = {
+    "rounds completed": "max_over_time(fedkit_rounds_completed_total[1h])",
+    "replies accepted": "max_over_time(fedkit_replies_accepted_total[1h])",
+    "messages trained per node": (
+        'max by (node) (max_over_time(fedkit_node_messages_total{outcome="trained"}[1h]))'
+    ),
+}
+
+
+def print_prometheus(prom: Any, since: float) -> None:
+    """Wait for a scrape of every node after the run, then print what Prometheus holds
+    (the ServerApp waited for its own last scrape before it exited: run config
+    ``metrics-linger``)."""
+    from fedkit.flower.local.processes import DeployError
+
+    print(f"prometheus at {prom.url} (data in {prom.directory / 'data'})", flush=True)
+    try:
+        prom.wait_scraped(since, "fedkit-node", timeout=10 * prom.interval + 5)
+        for name, expr in SUMMARY.items():
+            found = sorted((m.get("node", ""), v) for m, v in prom.query(expr))
+            shown = ", ".join(f"node {n}: {v:g}" if n else f"{v:g}" for n, v in found)
+            print(f"prometheus: {name}: {shown or 'none'}   [{expr}]", flush=True)
+    except DeployError as exc:
+        print(f"prometheus: {exc}", flush=True)
 
 
 def deploy_sim(args: argparse.Namespace) -> int:

@@ -11,7 +11,11 @@ Run config (``[tool.flwr.app.config]``; :data:`RUN_CONFIG`):
   ``keep-checkpoints``;
 * ``round-deadline``, ``sample-timeout`` (s), ``min-nodes`` (0: the quorum),
   ``poll-interval`` (s): how the server waits; ``signed-replies`` (default true): replies
-  must carry their node's signature (:class:`fedkit.flower.LoopConfig`).
+  must carry their node's signature (:class:`fedkit.flower.LoopConfig`);
+* ``metrics-port`` (0: off), ``metrics-host`` (default 127.0.0.1): the ServerApp's Prometheus
+  endpoint with ``/healthz`` and ``/readyz`` (:mod:`fedkit.run.metrics`; its address lands in
+  ``out-dir/metrics.json``); ``metrics-linger`` (s): how long the ServerApp may wait after the
+  last round for one more scrape (``fedkit deploy local --prometheus`` sets it).
 
 :data:`APP` is what ``fedkit deploy`` submits: a FAB holding only the app's
 ``pyproject.toml`` — no code; both sides import the fedkit they installed. The ServerApp
@@ -45,6 +49,7 @@ from fedkit.flower import (
 from fedkit.flower.client import ClientRuntime
 from fedkit.flower.local.staging import AppSource
 from fedkit.flower.requests import TrainRequest
+from fedkit.run.metrics import Endpoint
 from fedkit.tasks.registry import build_task
 
 RUN_CONFIG: dict[str, Any] = {
@@ -59,6 +64,9 @@ RUN_CONFIG: dict[str, Any] = {
     "min-nodes": 0,
     "poll-interval": 0.2,
     "signed-replies": True,
+    "metrics-port": 0,
+    "metrics-host": "127.0.0.1",
+    "metrics-linger": 0.0,
 }
 # The packages a FAB would need to carry for nodes without fedkit installed (``flwr run .``
 # from a checkout ships them, pyproject's fab-include); fedkit deploy ships none (APP).
@@ -167,6 +175,7 @@ def server_setup(
         signed_replies=bool(rc["signed-replies"]),
     )
     return ServerSetup(
+        metrics=metrics_endpoint(rc, loop),
         task=exp.task,
         strategy=exp.strategy,
         rounds=exp.rounds,
@@ -182,6 +191,28 @@ def server_setup(
         record_extras=record_extras(conf, exp, cfg.get("labels") or default_labels(conf)),
         transport_name=transport_name,
     )
+
+
+def metrics_endpoint(rc: Mapping[str, Any], loop: LoopConfig) -> Endpoint | None:
+    """The ServerApp's Prometheus endpoint the run config asks for (``None``: port 0). The
+    loop counts as stalled after twice the longest a healthy round waits (nodes + replies)
+    plus a minute for aggregation and evaluation."""
+    port = rc["metrics-port"]
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ExperimentConfigError(
+            f"run config metrics-port must be an int in [0, 65535], got {port!r}"
+        )
+    if port == 0:
+        return None
+    try:
+        return Endpoint(
+            host=str(rc["metrics-host"]),
+            port=port,
+            stall_after=2 * (loop.sample_timeout + loop.round_deadline) + 60.0,
+            linger=float(rc["metrics-linger"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ExperimentConfigError(f"run config metrics-*: {exc}") from None
 
 
 @functools.lru_cache(maxsize=2)

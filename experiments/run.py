@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.build import Experiment, as_config, build
 from fedkit import simulate
+from fedkit.run.audit_log import AUDIT_FILE, AuditLog
 from fedkit.run.callbacks import EventLog, RecordFiles, TensorBoard
 from fedkit.run.history import History
 
@@ -113,8 +114,9 @@ def run_experiment(
     task: Any = None,
 ) -> dict[str, Any]:
     """Simulate the run ``cfg`` describes; write ``<out_dir>/record.json``,
-    ``record.safetensors`` (the final parameters) and ``events.jsonl``, and TensorBoard
-    scalars into ``out_dir`` when ``cfg.tensorboard``; return the record. ``task``: the already built task of
+    ``record.safetensors`` (the final parameters), ``events.jsonl`` and the audit log
+    ``audit.jsonl`` (appended to, never rewritten: :mod:`fedkit.run.audit_log`), and
+    TensorBoard scalars into ``out_dir`` when ``cfg.tensorboard``; return the record. ``task``: the already built task of
     ``cfg.task``, if any."""
     cfg = as_config(cfg)
     if cfg.get("threads") is not None:
@@ -129,6 +131,7 @@ def run_experiment(
     labels = {**default_labels(cfg), **dict(labels or {})}
     hooks.append(RecordFiles(out, extras=record_extras(cfg, exp, labels)))
     hooks.append(EventLog(out / "events.jsonl"))
+    hooks.append(AuditLog(out / AUDIT_FILE))
     history = simulate(
         exp.task,
         exp.strategy,

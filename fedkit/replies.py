@@ -15,6 +15,9 @@ with one reason, and no malformed reply can raise. Reasons, in the order they ar
 * ``wrong_shape``: the tensor is not 1-D of length ``d`` (a truncated vector, say);
 * ``non_finite``: the tensor holds NaN or ±Inf;
 * ``bad_num_examples``: the example count is not a positive integer.
+
+A :class:`Verdict` is the fate of one sampled client's reply in a round (accepted, rejected
+with its reason, or lost on the way), as the audit log records it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,39 @@ class Reply:
     update: Any
     num_examples: int
     metrics: Mapping[str, float] = attrs.field(factory=dict)
+
+
+VERDICTS = ("accepted", "rejected", "lost")
+
+
+@attrs.frozen
+class Verdict:
+    """What became of one reply (or of a sampled client's missing reply): ``status`` is
+    ``"accepted"``, ``"rejected"`` (``reason``: a validation reason, a chain filter's reason,
+    ``quorum_missed`` or a transport's refusal) or ``"lost"`` (``reason``: why it did not
+    arrive); ``node`` is the deployment node it came from, when there is one."""
+
+    client: int
+    status: str
+    reason: str | None = None
+    node: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.status not in VERDICTS:
+            raise ValueError(f"Verdict.status must be one of {VERDICTS}, got {self.status!r}")
+        if (self.status == "accepted") != (self.reason is None):
+            raise ValueError(
+                f"Verdict.reason must be None exactly when accepted, got status "
+                f"{self.status!r} with reason {self.reason!r}"
+            )
+
+    def to_dict(self) -> dict[str, int | str | None]:
+        return {
+            "client": self.client,
+            "status": self.status,
+            "reason": self.reason,
+            "node": self.node,
+        }
 
 
 @attrs.frozen(eq=False)

@@ -16,6 +16,7 @@ in-process simulation, the Flower ServerApp) only drive them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -25,7 +26,7 @@ from fedkit.client import ClientConfig
 from fedkit.core.components import Chain, Component, Info, chain
 from fedkit.core.keys import Key, choice, randint, split, uniform
 from fedkit.protocols import PrivacyAccountant
-from fedkit.replies import Reply, validate
+from fedkit.replies import Reply, Validation, Verdict, validate
 
 
 def _as_chain(server: Any) -> Chain:
@@ -80,7 +81,9 @@ class RoundInfo:
 
     ``received`` replies arrived; ``valid`` passed validation; ``accepted`` reached the
     reducer with a positive weight; ``rejected`` counts validation reasons and the chain's
-    filter reasons; ``accepted_clients`` in sampling order; ``chain`` is the chain's raw info.
+    filter reasons; ``accepted_clients`` in sampling order; ``chain`` is the chain's raw info;
+    ``verdicts`` says, reply by reply, what became of it (:class:`~fedkit.replies.Verdict`:
+    accepted, or rejected by validation, by a chain filter or because the quorum was missed).
     """
 
     round: int
@@ -93,6 +96,7 @@ class RoundInfo:
     quorum_missed: bool
     accepted_clients: tuple[int, ...]
     chain: Info = attrs.field(factory=dict)
+    verdicts: tuple[Verdict, ...] = ()
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready counters for a history record."""
@@ -105,6 +109,35 @@ class RoundInfo:
             "clipped": self.clipped,
             "quorum_missed": self.quorum_missed,
         }
+
+
+def _verdicts(check: Validation, reason_of: Callable[[int], str | None]) -> tuple[Verdict, ...]:
+    """Verdicts of the valid replies (``reason_of(client)``: ``None`` when accepted, else
+    why not) followed by those validation rejected."""
+    out = []
+    for r in check.accepted:
+        reason = reason_of(r.client)
+        out.append(Verdict(r.client, "accepted" if reason is None else "rejected", reason))
+    out += [Verdict(c, "rejected", reason) for c, reason in check.rejected]
+    return tuple(out)
+
+
+def _chain_reasons(
+    chain_info: Info, accepted: torch.Tensor, row_of: dict[int, int]
+) -> Callable[[int], str | None]:
+    """``client -> None`` (aggregated) or the first chain reason that excluded its row
+    (``not_aggregated`` for a row whose weight a component zeroed without a reason)."""
+    masks = {reason: m.tolist() for reason, m in chain_info.get("rejected", {}).items()}
+    kept = accepted.tolist()
+
+    def reason_of(client: int) -> str | None:
+        i = row_of[client]
+        first = next((reason for reason, m in masks.items() if m[i]), None)
+        if first is not None:
+            return first
+        return None if kept[i] else "not_aggregated"
+
+    return reason_of
 
 
 SAMPLING = ("fixed", "poisson")
@@ -248,6 +281,7 @@ class Strategy:
                 clipped=0,
                 quorum_missed=True,
                 accepted_clients=(),
+                verdicts=_verdicts(check, lambda c: "quorum_missed"),
             )
             return attrs.evolve(state, round=current), info
         row_of = {c: i for i, c in enumerate(order)}
@@ -280,6 +314,7 @@ class Strategy:
                 order[i] for i in torch.nonzero(accepted_mask).flatten().tolist() if i < len(order)
             ),
             chain=chain_info,
+            verdicts=_verdicts(check, _chain_reasons(chain_info, accepted_mask, row_of)),
         )
         new = ServerState(
             round=current, params=params + step.to(params.dtype), chain_state=chain_state

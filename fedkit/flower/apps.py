@@ -5,7 +5,10 @@ Flower transport (:class:`~fedkit.flower.transport.FlowerTransport`) — the sam
 aggregation, privacy accounting, checkpoints and records as :func:`fedkit.simulate` — on
 what a :class:`ServerSetup` holds. Everything a deployed run writes goes to its
 ``out_dir``: ``record.json`` (after every round) and ``record.safetensors``, TensorBoard
-scalars, ``events.jsonl``, ``checkpoints/`` and the node registry ``registry.json``.
+scalars, ``events.jsonl``, the hash-chained audit log ``audit.jsonl``
+(:mod:`fedkit.run.audit_log`), ``checkpoints/`` and the node registry ``registry.json``; with
+a metrics endpoint (``ServerSetup.metrics``) Prometheus metrics, ``/healthz`` and ``/readyz``
+(:mod:`fedkit.run.metrics`) whose address is written to ``metrics.json``.
 
 The ClientApp decodes each ``train`` message strictly (:mod:`fedkit.flower.requests`,
 :mod:`fedkit.flower.wire`: a malformed request raises, and Flower reports the error to the
@@ -17,7 +20,9 @@ that calls these factories (``experiments.flower_app``: the experiment config).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +34,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedkit.flower import signing, wire
 from fedkit.flower.client import ClientRuntime, Refused
+from fedkit.flower.local import node_metrics
 from fedkit.flower.registry import NodeRegistry
 from fedkit.flower.requests import RequestError, TrainRequest, parse_request
 from fedkit.flower.transport import FEDKIT, METRICS, FlowerTransport, LoopConfig
 from fedkit.protocols import Task
 from fedkit.run import driver
+from fedkit.run.audit_log import AUDIT_FILE, AuditLog
 from fedkit.run.callbacks import (
     Callback,
     Checkpoints,
@@ -43,6 +50,7 @@ from fedkit.run.callbacks import (
     TensorBoard,
 )
 from fedkit.run.history import History
+from fedkit.run.metrics import Endpoint, PrometheusMetrics
 from fedkit.strategy import Strategy
 
 
@@ -51,8 +59,9 @@ class ServerSetup:
     """What a ServerApp runs: the task, strategy and adversary (its controlled clients are
     recorded; its nodes attack on their own), rounds and seed, the configuration the run is
     fingerprinted by, where it writes (``out_dir``), how it waits (``loop``), the node
-    registry file (default ``out_dir/registry.json``), ``resume`` and ``record_extras``
-    (sections added to the final record)."""
+    registry file (default ``out_dir/registry.json``), ``resume``, ``record_extras``
+    (sections added to the final record) and the Prometheus endpoint (``metrics``; ``None``:
+    none)."""
 
     task: Task
     strategy: Strategy
@@ -68,6 +77,7 @@ class ServerSetup:
     keep_checkpoints: int | None = 3
     record_extras: Callable[[dict[str, Any], History], Mapping[str, Any]] | None = None
     transport_name: str = "flower-deployment"
+    metrics: Endpoint | None = None
 
 
 def serve(grid: Any, setup: ServerSetup) -> History:
@@ -80,7 +90,10 @@ def serve(grid: Any, setup: ServerSetup) -> History:
         TensorBoard(out),
         RecordFiles(out, every_round=True, extras=setup.record_extras),
         EventLog(out / "events.jsonl"),
+        AuditLog(out / AUDIT_FILE),
     ]
+    if setup.metrics is not None:
+        hooks.append(server_metrics(grid, setup))
     return driver.run(
         setup.task,
         setup.strategy,
@@ -94,6 +107,23 @@ def serve(grid: Any, setup: ServerSetup) -> History:
         callbacks=hooks,
         config=setup.config,
     )
+
+
+def server_metrics(grid: Any, setup: ServerSetup) -> PrometheusMetrics:
+    """The started Prometheus endpoint of a served run (:mod:`fedkit.run.metrics`): nodes
+    connected as the grid reports them, ready at the loop's ``min_nodes``, the age of
+    ``out_dir/checkpoints``, its address in ``out_dir/metrics.json`` unless set."""
+    endpoint = setup.metrics
+    if endpoint.address_file is None:
+        endpoint = attrs.evolve(endpoint, address_file=setup.out_dir / "metrics.json")
+    metrics = PrometheusMetrics(
+        endpoint,
+        nodes=lambda: len(list(grid.get_node_ids())),
+        min_nodes=setup.loop.min_nodes,
+        checkpoint_dir=setup.out_dir / "checkpoints",
+    )
+    metrics.start()
+    return metrics
 
 
 def make_server_app(setup: Callable[[Context], ServerSetup]) -> ServerApp:
@@ -112,14 +142,39 @@ RuntimeFactory = Callable[[Context, TrainRequest], ClientRuntime]
 
 
 def answer(message: Message, context: Context, runtime: RuntimeFactory) -> Message:
-    """The reply to one ``train`` message (module doc); raises on a malformed request."""
-    book = message.content.config_records.get(FEDKIT)
-    if book is None:
-        raise RequestError("the message carries no 'fedkit' record: not a fedkit train request")
-    request = parse_request(book)
-    node = runtime(context, request)
-    params = wire.read_params(message.content, node.spec)
-    out = node.train(request, params)
+    """The reply to one ``train`` message (module doc); raises on a malformed request. The
+    outcome is reported to the node's metrics (:mod:`fedkit.flower.local.node_metrics`)."""
+    try:
+        book = message.content.config_records.get(FEDKIT)
+        if book is None:
+            raise RequestError("the message carries no 'fedkit' record: not a fedkit train request")
+        request = parse_request(book)
+        node = runtime(context, request)
+        params = wire.read_params(message.content, node.spec)
+        t0 = time.perf_counter()
+        out = node.train(request, params)
+        seconds = time.perf_counter() - t0
+    except Exception as exc:
+        _report("error", reason=type(exc).__name__)
+        raise
+    reply = _reply(message, context, request, out, node.spec)
+    if isinstance(out, Refused):
+        _report("refused", reason=out.code)
+    else:
+        _report("trained", seconds=seconds, bytes_sent=wire.payload_size(reply.content))
+    return reply
+
+
+def _report(outcome: str, **fields: Any) -> None:
+    """Report to the node's metrics file, if it has one; never fails the reply."""
+    with contextlib.suppress(OSError):
+        node_metrics.report(outcome, **fields)
+
+
+def _reply(
+    message: Message, context: Context, request: TrainRequest, out: Any, spec: Any
+) -> Message:
+    """The signed reply message carrying ``out`` (a :class:`Refused` or a trained update)."""
     content = RecordDict()
     if isinstance(out, Refused):
         book = {
@@ -129,7 +184,7 @@ def answer(message: Message, context: Context, runtime: RuntimeFactory) -> Messa
             "refused-detail": out.reason,
         }
     else:
-        wire.write_update(content, out.update, node.spec)
+        wire.write_update(content, out.update, spec)
         book = {"round": request.round, "client": out.client, "trained": True}
         content[METRICS] = MetricRecord({"num-examples": out.num_examples, **out.metrics})
     content[FEDKIT] = ConfigRecord(book)

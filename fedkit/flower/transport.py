@@ -18,6 +18,12 @@ Per round:
    claims another client as ``impersonation``; a second reply to one message is ignored. Error replies (node unavailable, ClientApp error) and missing ones
    are lost by reason; a node refusing a round (its privacy floor) is lost as ``refused``
    and counted by reason in the round's ``refusals``. No reply can stop the run.
+
+The exchange names, client by client, what the transport decided (a :class:`Verdict` with the
+node: lost, or rejected before validation) and which node each reply came from, and reports
+each node once as ``node_registered`` (it has a client id: provisioned, kept from before, or
+assigned now) or ``node_refused`` (no client id left for it) when it first shows up; the
+driver passes these on to the callbacks (the audit log).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from fedkit.core.keys import Key
 from fedkit.flower import signing, wire
 from fedkit.flower.registry import NodeRegistry
 from fedkit.flower.requests import request_fields
-from fedkit.replies import Reply
+from fedkit.replies import Reply, Verdict
 from fedkit.run.plan import RoundPlan
 from fedkit.run.records import describe
 from fedkit.run.transport import Exchange
@@ -125,6 +131,8 @@ class FlowerTransport:
     name: str = "flower-deployment"
     run: Any = None
     max_bytes: int = 0
+    reported: set[int] = attrs.field(factory=set)
+    refused: set[int] = attrs.field(factory=set)
 
     @classmethod
     def with_registry(
@@ -157,16 +165,19 @@ class FlowerTransport:
         live = wait_for_nodes(
             self.grid, max(cfg.min_nodes, 1), cfg.sample_timeout, cfg.poll_interval
         )
-        self.registry.assign(live, run.num_clients)
+        added = self.registry.assign(live, run.num_clients)
+        events = self.node_events(live, added, run.num_clients)
         sample_time = time.perf_counter() - t0
         asked = plan.asked
         lost: Counter[str] = Counter({"straggler": int((plan.work <= 0).sum())})
         live_set = set(live)
         messages, client_of_message = [], []
+        verdicts: list[Verdict] = []
         for c, w in asked.items():
             node = self.registry.node_of(c)
             if node is None or node not in live_set:
                 lost["unavailable"] += 1
+                verdicts.append(Verdict(c, "lost", "unavailable", node))
                 continue
             messages.append(
                 train_message(
@@ -193,6 +204,7 @@ class FlowerTransport:
         rejected: Counter[str] = Counter()
         refusals: Counter[str] = Counter()
         stats: dict[int, tuple[float, int]] = {}
+        nodes: dict[int, int] = {}
         answered: set[str] = set()
         for message in arrived:
             mid = message.metadata.reply_to_message_id
@@ -200,27 +212,36 @@ class FlowerTransport:
             answered.add(mid)
             if message.has_error():
                 unavailable = message.error.code == NODE_UNAVAILABLE
-                lost["node_unavailable" if unavailable else "client_error"] += 1
+                reason = "node_unavailable" if unavailable else "client_error"
+                lost[reason] += 1
+                verdicts.append(Verdict(client, "lost", reason, node))
                 continue
             book = message.content.config_records.get(FEDKIT, ConfigRecord())
             if cfg.signed_replies:
                 digest = signing.reply_digest(mid, message.content)
                 if not signing.verify(keys.get(node), digest, book.get(signing.SIGNATURE)):
                     rejected["bad_signature"] += 1
+                    verdicts.append(Verdict(client, "rejected", "bad_signature", node))
                     continue
             claimed = book.get("client")
             if int(message.metadata.src_node_id) != node or claimed != client:
                 rejected["impersonation"] += 1
+                verdicts.append(Verdict(client, "rejected", "impersonation", node))
                 continue
             if book.get("refused"):
                 lost["refused"] += 1
                 refusals[str(book.get("refused"))] += 1
+                verdicts.append(Verdict(client, "lost", "refused", node))
                 continue
             reply = to_reply(message, client, run.spec, self.max_bytes)
             replies.append(reply)
+            nodes[client] = node
             loss = reply.metrics.get("loss", float("nan"))
             stats[client] = (float(loss), int(reply.num_examples))
-        lost["late"] += len(set(sent) - answered)
+        for mid in sorted(sent.keys() - answered, key=lambda m: sent[m][1]):
+            node, client = sent[mid]
+            lost["late"] += 1
+            verdicts.append(Verdict(client, "lost", "late", node))
         metrics: dict[str, Any] = {"nodes": len(live), "sample_time": sample_time}
         if refusals:
             metrics["refusals"] = dict(refusals)
@@ -230,7 +251,38 @@ class FlowerTransport:
             rejected=dict(rejected),
             client_stats=stats,
             metrics=metrics,
+            verdicts=tuple(verdicts),
+            nodes=nodes,
+            events=events,
         )
+
+    def node_events(
+        self, live: list[int], added: list[int], num_clients: int
+    ) -> tuple[dict[str, Any], ...]:
+        """``node_registered`` / ``node_refused`` for each live node not reported before
+        (module doc); a refused node is reported again once it gets a client id."""
+        out: list[dict[str, Any]] = []
+        for node in live:
+            if node in self.reported:
+                continue
+            client = self.registry.client_of(node)
+            if client is None:
+                if node not in self.refused:
+                    self.refused.add(node)
+                    out.append(
+                        {
+                            "event": "node_refused",
+                            "node": node,
+                            "reason": "no_free_client_id",
+                            "num_clients": num_clients,
+                        }
+                    )
+                continue
+            self.reported.add(node)
+            out.append(
+                {"event": "node_registered", "node": node, "client": client, "new": node in added}
+            )
+        return tuple(out)
 
     def public_keys(self) -> dict[int, Any]:
         """``{node id: public key}`` as the SuperLink registered them (``None`` for a node

@@ -4,19 +4,24 @@
 The driver calls, in this order: :meth:`Callback.on_run_start` once (after a resume, if
 any); per round :meth:`Callback.before_round` (any callback may stop the run there, e.g.
 :class:`BudgetStop`) and :meth:`Callback.on_round_end`; :meth:`Callback.on_event` for the
-run's events (``resume``, ``server_crash``, ``stop``); :meth:`Callback.on_run_end` with the
-finished :class:`~fedkit.run.history.History`; :meth:`Callback.close` always, even when the
-run raised. Callbacks read the driver's :class:`~fedkit.run.driver.Run`; they never change
-it, and their own state (open files, writers) is theirs.
+run's events (``resume``, ``server_crash``, ``budget_alert``, ``stop``) and the events of
+its course (:data:`TRAIL_EVENTS`: round open, reply verdicts, round close, checkpoints
+written, nodes registered or refused, run end; what the audit log keeps, not in the
+record); :meth:`Callback.on_run_end` with the finished :class:`~fedkit.run.history.History`;
+:meth:`Callback.close` always, even when the run raised. :meth:`Callback.record_extras`
+adds sections to every record the run builds. Callbacks read the driver's
+:class:`~fedkit.run.driver.Run`; they never change it, and their own state (open files,
+writers) is theirs.
 
 Built in: :class:`Checkpoints` (server state, privacy ledger, config fingerprint; resume),
 :class:`RecordFiles` (``record.json`` + ``record.safetensors``), :class:`TensorBoard`,
 :class:`Progress`, :class:`EventLog` (``events.jsonl``), :class:`BudgetStop`,
-:class:`PrintRounds`.
+:class:`PrintRounds`; the audit log is :class:`fedkit.run.audit_log.AuditLog`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -36,6 +41,24 @@ if TYPE_CHECKING:
     from fedkit.run.plan import RoundPlan
 
 
+# The course of a run, sent to on_event for the audit log; not run events (never in
+# run.events, the record or events.jsonl). round_open: the sampled clients before the
+# exchange; replies: every reply's verdict; round_close: the round's counts and DP spend;
+# checkpoint: a checkpoint written; node_registered / node_refused: a deployment's nodes;
+# run_end: the last event, before the final record is built.
+TRAIL_EVENTS = frozenset(
+    {
+        "round_open",
+        "replies",
+        "round_close",
+        "checkpoint",
+        "node_registered",
+        "node_refused",
+        "run_end",
+    }
+)
+
+
 class Callback:
     """No-op hooks; subclass and override what you need (module doc)."""
 
@@ -51,10 +74,15 @@ class Callback:
         """Round ``metrics["round"]`` is done; ``run.state`` is the state after it."""
 
     def on_event(self, run: Run, event: dict[str, Any]) -> None:
-        """An event of the run (also appended to ``run.events`` unless it is ``stop``)."""
+        """An event of the run (also appended to ``run.events`` unless it is ``stop`` or
+        one of :data:`TRAIL_EVENTS`)."""
 
     def on_run_end(self, run: Run, history: History) -> None:
         """The run finished (all rounds, or stopped); ``history.record`` is final."""
+
+    def record_extras(self, run: Run) -> dict[str, Any]:
+        """Sections this callback adds to the run's record (e.g. the audit log's head)."""
+        return {}
 
     def close(self) -> None:
         """Release what the callback holds; called whatever happened."""
@@ -66,12 +94,20 @@ class Checkpoints(Callback):
     last round and when the run stops; the newest ``keep`` are kept (atomic files,
     :mod:`fedkit.run.checkpoint`). Each carries the run's configuration and its fingerprint:
     :meth:`restore` refuses a checkpoint of another run key, model or configuration and says
-    what differs."""
+    what differs. Each checkpoint written is announced once (:meth:`take_written`: the
+    driver emits them as ``checkpoint`` events)."""
 
     def __init__(self, directory: str | Path, every: int = 1, keep: int | None = 3):
         if every < 1:
             raise ValueError(f"checkpoint every must be >= 1, got {every}")
         self.directory, self.every, self.keep = Path(directory), every, keep
+        self.written: list[dict[str, Any]] = []
+
+    def take_written(self) -> list[dict[str, Any]]:
+        """``checkpoint`` events of the checkpoints saved since the last call (round, file,
+        SHA-256 of the checkpoint's JSON file)."""
+        out, self.written = self.written, []
+        return out
 
     def require_fresh(self) -> None:
         ckpt.require_fresh(self.directory)
@@ -88,7 +124,11 @@ class Checkpoints(Callback):
         tree: dict[str, Any] = {"state": run.state, "key": run.key}
         if run.ledger is not None:
             tree["ledger"] = run.ledger
-        ckpt.save(self.directory, run.state.round, tree, meta, keep=self.keep)
+        path = ckpt.save(self.directory, run.state.round, tree, meta, keep=self.keep)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.written.append(
+            {"event": "checkpoint", "round": run.state.round, "file": path.name, "sha256": digest}
+        )
 
     def restore(self, run: Run, state0: Any, upto: int | None = None) -> ckpt.Restored:
         """The newest usable checkpoint (of a round ``<= upto``), or ``state0`` with empty
@@ -226,7 +266,8 @@ class EventLog(Callback):
         self._write({"event": "round", **{k: metrics.get(k) for k in keep}})
 
     def on_event(self, run: Run, event: dict[str, Any]) -> None:
-        self._write(dict(event))
+        if event.get("event") not in TRAIL_EVENTS:
+            self._write(dict(event))
 
     def on_run_end(self, run: Run, history: History) -> None:
         self._write({"event": "run_end", "round": run.state.round, "stopped": run.stopped})

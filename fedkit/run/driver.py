@@ -24,6 +24,17 @@ Privacy budget: the accountant describes each round before anyone trains
 the target: the last completed round is evaluated and checkpointed, and
 ``record["run"]["stopped"]`` says why.
 
+Audit trail: besides the run's events (``resume``, ``server_crash``, ``budget_alert``,
+``stop``), the callbacks get the course of the run as events that stay out of the record
+(:data:`~fedkit.run.callbacks.TRAIL_EVENTS`): ``round_open`` (the sampled clients) before the
+exchange, the transport's own events (a deployment's nodes registered or refused),
+``replies`` (every reply's verdict: :mod:`fedkit.run.verdicts`) after aggregation,
+``round_close`` (the round's counts and DP spend), ``checkpoint`` for each checkpoint
+written (right after :class:`~fedkit.run.callbacks.Checkpoints` saves, before the later
+callbacks' ``on_round_end``, so a record written per round holds the round's whole trail),
+and ``run_end`` last, before the final record is built; the ``resume`` event comes
+after ``on_run_start``. :class:`~fedkit.run.audit_log.AuditLog` writes them all.
+
 Budget alerts: with a target, every round's metrics carry ``budget_fraction`` (ε / target)
 and the first round reaching each of the accountant's ``alerts`` fractions (default
 :data:`BUDGET_ALERTS`) logs a warning (logger ``fedkit.privacy``) and records a
@@ -47,12 +58,13 @@ from fedkit.core.flat import ParamSpec
 from fedkit.core.keys import Key
 from fedkit.core.keys import key as root_key
 from fedkit.protocols import Adversary, NoAdversary, PrivacyAccountant, Task
-from fedkit.run.callbacks import BudgetStop, Callback, Checkpoints
+from fedkit.run.callbacks import TRAIL_EVENTS, BudgetStop, Callback, Checkpoints
 from fedkit.run.fingerprint import fingerprint
 from fedkit.run.history import History
 from fedkit.run.plan import RoundPlan, RunKeys, plan_round, round_spend
 from fedkit.run.records import FORMAT, describe, final_metrics, jsonable, timings, totals, versions
 from fedkit.run.transport import Exchange, Transport
+from fedkit.run.verdicts import round_verdicts, tally
 from fedkit.strategy import ServerState, Strategy
 
 BUDGET_ALERTS = (0.5, 0.8, 1.0)
@@ -107,6 +119,7 @@ class Run:
     next_epsilon: float | None = None
     started: float = attrs.field(factory=time.perf_counter)
     rounds_at_start: int = 0
+    callbacks: tuple[Callback, ...] = ()
 
     @property
     def spec(self) -> ParamSpec:
@@ -168,6 +181,8 @@ class Run:
                 "rounds": self.state.round,
                 "stopped": self.stopped is not None,
             }
+        for cb in self.callbacks:
+            record.update(cb.record_extras(self))
         return jsonable(record)
 
 
@@ -189,15 +204,33 @@ def _merge(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def _round(run: Run, plan: RoundPlan) -> tuple[ServerState, dict[str, Any], bool]:
+def _round(run: Run, hooks, plan: RoundPlan) -> tuple[ServerState, dict[str, Any], bool]:
     """Run the planned round through the transport and the strategy."""
+    round_open = {
+        "event": "round_open",
+        "round": plan.round,
+        "clients": plan.clients.tolist(),
+        "work": plan.work.tolist(),
+        "epsilon_after": run.next_epsilon,
+    }
+    _emit(run, hooks, round_open)
     t0 = time.perf_counter()
     exchange = run.transport.exchange(run.state, plan)
     t1 = time.perf_counter()
+    for event in exchange.events:
+        _emit(run, hooks, dict(event))
     state, info = run.strategy.round(
         run.state, list(exchange.replies), plan.keys.server, clients=plan.clients
     )
     t2 = time.perf_counter()
+    verdicts = round_verdicts(plan, exchange, info)
+    replies = {
+        "event": "replies",
+        "round": plan.round,
+        "verdicts": [v.to_dict() for v in verdicts],
+        "counts": tally(verdicts),
+    }
+    _emit(run, hooks, replies)
     base = info.metrics()
     metrics: dict[str, Any] = {
         "round": plan.round,
@@ -219,10 +252,47 @@ def _round(run: Run, plan: RoundPlan) -> tuple[ServerState, dict[str, Any], bool
 
 
 def _emit(run: Run, callbacks: Sequence[Callback], event: dict[str, Any]) -> None:
-    if event.get("event") != "stop":
+    name = event.get("event")
+    if name != "stop" and name not in TRAIL_EVENTS:
         run.events.append(jsonable(event))
     for cb in callbacks:
         cb.on_event(run, event)
+
+
+def _emit_checkpoints(run: Run, hooks, checkpoints: Checkpoints | None) -> None:
+    """Announce the checkpoints written since the last call."""
+    if checkpoints is not None:
+        for event in checkpoints.take_written():
+            _emit(run, hooks, event)
+
+
+ROUND_CLOSE = (
+    "expected",
+    "received",
+    "valid",
+    "accepted",
+    "rejected",
+    "lost",
+    "faults",
+    "quorum_missed",
+    "clipped",
+    "stragglers",
+    "epsilon",
+    "budget_fraction",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "wall_time",
+)
+
+
+def _round_close(metrics: Mapping[str, Any], spent: float | None) -> dict[str, Any]:
+    """The ``round_close`` event: the round's counts and DP spend (``epsilon_spent``: ε of
+    this round, ε after it minus ε before it)."""
+    kept = {k: metrics[k] for k in ROUND_CLOSE if k in metrics}
+    if spent is not None:
+        kept["epsilon_spent"] = spent
+    return {"event": "round_close", "round": metrics["round"], **kept}
 
 
 def run(
@@ -309,13 +379,23 @@ def run(
         if not any(isinstance(cb, BudgetStop) for cb in callbacks):
             hooks.append(BudgetStop())
     hooks.extend(callbacks)
+    current.callbacks = tuple(hooks)
     try:
-        if resume:
-            _resume(current, checkpoints, state0, hooks)
+        restored = _resume(current, checkpoints, state0) if resume else None
         transport.start(current)
         for cb in hooks:
             cb.on_run_start(current)
+        if restored is not None:
+            _emit(
+                current, hooks, {"event": "resume", "restored_round": restored, "at": time.time()}
+            )
         _loop(current, hooks, checkpoints, state0)
+        _emit_checkpoints(current, hooks, checkpoints)
+        _emit(
+            current,
+            hooks,
+            {"event": "run_end", "round": current.state.round, "stopped": current.stopped},
+        )
         history = History(
             metrics=current.metrics,
             final_params=current.state.params,
@@ -335,13 +415,14 @@ def run(
                 cb.close()
 
 
-def _resume(run: Run, checkpoints: Checkpoints, state0: ServerState, hooks) -> None:
+def _resume(run: Run, checkpoints: Checkpoints, state0: ServerState) -> int | None:
+    """Restore the newest checkpoint into ``run``; the round restored, ``None`` if none."""
     found = checkpoints.restore(run, state0)
     run.state, run.metrics, run.events = found.state, found.history, found.events
     if "ledger" in found.tree:
         run.ledger = found.tree["ledger"]
     if found.state is state0:
-        return
+        return None
     run.resumed_from = run.rounds_at_start = run.state.round
     if run.state.round > run.rounds:
         warnings.warn(
@@ -350,30 +431,41 @@ def _resume(run: Run, checkpoints: Checkpoints, state0: ServerState, hooks) -> N
             RuntimeWarning,
             stacklevel=4,
         )
-    _emit(run, hooks, {"event": "resume", "restored_round": run.state.round, "at": time.time()})
+    return run.state.round
 
 
 def _loop(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerState) -> None:
     crashed: set[int] = set()
+    known: tuple[Any, float] | None = None  # (ledger, its ε): spares computing ε twice
     while run.state.round < run.rounds:
         plan = plan_round(run.strategy, run.state, run.num_clients, run.controlled, run.keys)
-        after = None
+        after = spent = None
         if run.accountant is not None:
+            if known is not None and known[0] is run.ledger:
+                before = known[1]
+            else:
+                before = float(run.accountant.epsilon(run.ledger))
             after = run.accountant.spend(run.ledger, round_spend(run.task, run.strategy, plan))
             run.next_epsilon = float(run.accountant.epsilon(after))
+            spent = run.next_epsilon - before
+            known = (after, run.next_epsilon)
         stop = next((s for cb in hooks if (s := cb.before_round(run, plan)) is not None), None)
         if stop is not None:
             _stop(run, hooks, stop)
+            _emit_checkpoints(run, hooks, checkpoints)
             return
-        state, metrics, crash = _round(run, plan)
+        state, metrics, crash = _round(run, hooks, plan)
         run.state = state
         if after is not None:
             run.ledger = after
             metrics["epsilon"] = jsonable(run.next_epsilon)
             _budget_alerts(run, hooks, metrics)
         run.metrics.append(metrics)
+        _emit(run, hooks, _round_close(metrics, spent))
         for cb in hooks:
             cb.on_round_end(run, metrics)
+            if cb is checkpoints:  # announced before a record written per round sees the head
+                _emit_checkpoints(run, hooks, checkpoints)
         if crash and state.round not in crashed:
             crashed.add(state.round)
             _recover(run, hooks, checkpoints, state0)

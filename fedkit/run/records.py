@@ -20,6 +20,9 @@ Record format ``fedkit.run/1`` (read by the benchmark and paper pipelines)::
                      "recovery_s"}, ...],
       "privacy_budget": {"accountant", "delta", "target_epsilon", "epsilon", "rounds",
                          "stopped"}            (only with a privacy accountant)
+      "audit":     {"file", "entries", "head", "genesis"}
+                                               (only with an audit log: its head,
+                                                :mod:`fedkit.run.audit_log`)
     }
 
 ``run.stopped`` is ``null``, or ``{"reason": "privacy_budget", "after_round", "epsilon",

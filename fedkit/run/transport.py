@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from fedkit.replies import Reply
+from fedkit.replies import Reply, Verdict
 
 
 @attrs.frozen(eq=False)
@@ -30,7 +30,12 @@ class Exchange:
     ``faults``: ``{label: n}`` of simulated faults that struck;
     ``client_stats``: ``{client: (mean local loss, examples)}`` as each client reported;
     ``server_crash``: the (simulated) server dies after this round;
-    ``metrics``: transport-specific numbers for the round record (e.g. ``nodes``).
+    ``metrics``: transport-specific numbers for the round record (e.g. ``nodes``);
+    ``verdicts``: what the transport itself decided per client (lost with its reason,
+    rejected before validation), as far as it knows (:class:`~fedkit.replies.Verdict`);
+    ``nodes``: ``{client: node}`` of the replies that came from deployment nodes;
+    ``events``: run events the transport saw this round (``{"event": name, ...}``, e.g.
+    ``node_registered``, ``node_refused``), which the driver hands to the callbacks.
     """
 
     replies: list[Reply]
@@ -40,6 +45,9 @@ class Exchange:
     client_stats: dict[int, tuple[float, int]] = attrs.field(factory=dict)
     server_crash: bool = False
     metrics: dict[str, Any] = attrs.field(factory=dict)
+    verdicts: tuple[Verdict, ...] = ()
+    nodes: dict[int, int] = attrs.field(factory=dict)
+    events: tuple[dict[str, Any], ...] = ()
 
 
 @runtime_checkable

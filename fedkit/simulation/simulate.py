@@ -18,6 +18,7 @@ import torch
 
 from fedkit.core.keys import Key
 from fedkit.protocols import Adversary, FaultModel, NoFaults, PrivacyAccountant, Task
+from fedkit.run.audit_log import AUDIT_FILE, AuditLog
 from fedkit.run.callbacks import Callback, Checkpoints, Progress, RecordFiles, TensorBoard
 from fedkit.run.driver import run
 from fedkit.run.history import History
@@ -93,7 +94,8 @@ def simulate(
     from the newest good one, written by the same configuration, and ends bit-identical to
     an uninterrupted run; without ``resume`` the directory must hold no checkpoints.
     ``log_dir`` gets TensorBoard scalars, ``record.json`` and ``record.safetensors`` (the
-    final parameters). ``progress``: a rich progress bar (default: when stderr is a
+    final parameters) and the hash-chained audit log ``audit.jsonl``
+    (:mod:`fedkit.run.audit_log`; its head goes into the record). ``progress``: a rich progress bar (default: when stderr is a
     terminal). ``init_params`` overrides ``task.init``. ``accountant`` (default
     ``strategy.accountant``) tracks ε and stops the run before a round that would exceed
     its ``target_epsilon``. ``callbacks`` are added to the built-in ones; ``config`` is what
@@ -119,7 +121,7 @@ def simulate(
     )
     hooks: list[Callback] = [Progress(progress)]
     if log_dir is not None:
-        hooks += [TensorBoard(log_dir), RecordFiles(log_dir)]
+        hooks += [TensorBoard(log_dir), RecordFiles(log_dir), AuditLog(Path(log_dir) / AUDIT_FILE)]
     checkpoints = None
     if checkpoint_dir is not None:
         checkpoints = Checkpoints(checkpoint_dir, every=checkpoint_every, keep=keep_checkpoints)

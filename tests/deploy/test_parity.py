@@ -3,6 +3,8 @@ for a robust chain under attack (clip + Krum, 1 of 5 nodes flipping signs: the a
 node runs the attack itself) and for central DP with keyed noise (the accountant and its
 ε travel with the driver)."""
 
+import json
+
 import pytest
 from conftest import needs_flower
 from deploy_helpers import deployed_params, experiment, record, simulated_params
@@ -61,6 +63,18 @@ def test_central_dp_with_keyed_noise_equals_the_simulation_reports_epsilon_and_s
     )
     alerts = [e for e in rec["events"] if e["event"] == "budget_alert"]
     assert [(a["fraction"], a["round"]) for a in alerts] == [(0.5, 1), (0.8, 2), (1.0, 2)]
+    # the deployment's audit log: intact, anchored in the record, with node registrations,
+    # every reply's verdict, the DP spend, the alerts and the stop
+    from fedkit.run.audit_log import Head, verify
+
+    check = verify(out / "audit.jsonl", head=Head.from_record(rec))
+    assert check.ok, str(check)
+    entries = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in entries]
+    assert kinds.count("node_registered") == 3 and kinds.count("round_open") == 2
+    verdicts = [v for e in entries if e["event"] == "replies" for v in e["data"]["verdicts"]]
+    assert len(verdicts) == 6 and all(v["status"] == "accepted" and v["node"] for v in verdicts)
+    assert kinds.count("budget_alert") == 3 and "stop" in kinds
 
 
 def test_poisson_sampled_rounds_with_an_empty_one_equal_the_simulation(tmp_path):

@@ -22,6 +22,10 @@ launcher share a per-node SuperExec auth secret (``run_dir/secrets``), so only t
 may acquire the node's tasks; both run by file path (:func:`script`), so neither imports
 torch. ``warm=False`` is Flower's SuperExec; ``node_poll=None`` Flower's own sleeps.
 
+With ``metrics`` every warm node's launcher serves the node's Prometheus metrics
+(:mod:`fedkit.flower.local.node_metrics`) and the ServerApp gets a ``metrics-port``; with
+``prometheus`` a Prometheus server scrapes them all (:mod:`fedkit.flower.local.prometheus`).
+
 Every process runs in its own session (process group): SuperLink → superexec → serverapp,
 SuperNode (→ superexec → clientapp), launcher → forkserver (its clientapps in groups of
 their own); :meth:`LocalDeployment.close` (also on ``with`` exit) sends SIGTERM to each
@@ -59,6 +63,7 @@ from fedkit.flower.local.processes import (
     stop_group,
     tagged_pids,
 )
+from fedkit.flower.local.prometheus import Prometheus, Target
 from fedkit.flower.local.staging import AppSource, toml_value
 from fedkit.flower.pki import ServerPKI, make_node_key, make_server_pki
 from fedkit.flower.registry import NodeRegistry
@@ -77,6 +82,7 @@ class Node:
     node_id: int | None = None
     launcher: subprocess.Popen | None = None
     secret: Path | None = None  # SuperExec auth secret shared by the node and its launcher
+    metrics_port: int = 0  # the launcher's Prometheus endpoint (0: none)
 
 
 @attrs.define(eq=False)
@@ -91,7 +97,11 @@ class LocalDeployment:
     one warm launcher per node instead of Flower's SuperExec, polling every
     ``launcher_poll`` s (default: half of ``node_poll``); ``node_poll``: the SuperNodes'
     longest idle sleep in seconds (default :func:`idle_poll`; ``None``: Flower's own 3 s);
-    see the module doc."""
+    see the module doc. ``metrics``: Prometheus endpoints on free loopback ports, one per
+    warm node's launcher and one for the ServerApp (passed as run config ``metrics-port``);
+    ``prometheus`` (implies ``metrics``): a Prometheus server scraping them every
+    ``scrape_interval`` s (:mod:`fedkit.flower.local.prometheus`, in ``run_dir/prometheus``),
+    stopped with the deployment."""
 
     run_dir: Path = attrs.field(converter=Path)
     nodes: int = 3
@@ -117,12 +127,25 @@ class LocalDeployment:
         default=attrs.Factory(lambda self: idle_poll(self.nodes), takes_self=True)
     )
     launcher_poll: float | None = None  # default: half the nodes' idle poll
+    metrics: bool = False
+    prometheus: bool = False
+    scrape_interval: float = 1.0
+    metrics_port: int = 0  # the ServerApp's metrics endpoint (run config metrics-port)
+    prom: Prometheus | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError(f"a deployment needs at least one node, got {self.nodes}")
         if self.insecure and self.auth:
             self.auth = False  # node authentication needs TLS
+        if self.prometheus:
+            self.metrics = True
+            if self.server_wrap or self.node_wrap:
+                raise ValueError(
+                    "prometheus=True scrapes loopback ports of this namespace; it cannot reach "
+                    f"wrapped processes (server_wrap={list(self.server_wrap)}, "
+                    f"node_wrap={list(self.node_wrap)})"
+                )
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def source(self) -> AppSource:
@@ -202,12 +225,16 @@ class LocalDeployment:
             node = Node(
                 i, self.run_dir / f"node{i}", free_port(), key, pub, {"partition-id": i, **extra}
             )
+            if self.warm and self.metrics:
+                node.metrics_port = free_port()
             if self.warm:
                 node.secret = self.run_dir / "secrets" / f"node{i}.superexec"
                 node.secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 node.secret.touch(mode=0o600)
                 node.secret.write_bytes(os.urandom(32))
             self.node_list.append(node)
+        if self.metrics and self.metrics_port == 0:
+            self.metrics_port = free_port()
         conn = [f"[superlink.{FEDERATION}]", f'address = "{self.address}"']
         if self.insecure:
             conn.append("insecure = true")
@@ -360,6 +387,9 @@ class LocalDeployment:
             cmd += ["--superexec-auth-secret-file", str(node.secret)]
         if node.proc is not None:
             cmd += ["--parent-pid", str(node.proc.pid)]
+        if node.metrics_port:
+            cmd += ["--metrics-port", str(node.metrics_port)]
+            cmd += ["--metrics-file", str(node.home / "node-metrics.jsonl")]
         return cmd
 
     def start_node(self, i: int) -> None:
@@ -388,7 +418,24 @@ class LocalDeployment:
                 provision[node.node_id] = int(node.node_config.get("partition-id", node.index))
         if provision:
             NodeRegistry.load(self.registry_path).provision(provision)
+        if self.prometheus:
+            self.prom = Prometheus(
+                self.run_dir / "prometheus",
+                self.scrape_targets(),
+                self.scrape_interval,
+                env={**os.environ, MARKER: self.token},  # found by close() like the others
+            ).start()
         return self
+
+    def scrape_targets(self) -> list[Target]:
+        """The ServerApp's endpoint (job ``fedkit-server``) and every node's (job
+        ``fedkit-node``, label ``node``: its index)."""
+        targets = [Target("fedkit-server", f"127.0.0.1:{self.metrics_port}")]
+        for node in self.node_list:
+            if node.metrics_port:
+                labels = {"node": str(node.index)}
+                targets.append(Target("fedkit-node", f"127.0.0.1:{node.metrics_port}", labels))
+        return targets
 
     def wait_node_id(self, node: Node, timeout: float = 120.0) -> int:
         """The node id SuperNode ``node`` got when it connected (from its log)."""
@@ -415,6 +462,10 @@ class LocalDeployment:
         run_config = dict(run_config or {})
         if self.registry_path.exists() and "registry" in self.source().config:
             run_config.setdefault("registry", str(self.registry_path))
+        if self.metrics_port and "metrics-port" in self.source().config:
+            run_config.setdefault("metrics-port", self.metrics_port)
+            if self.prom is not None:  # the ServerApp waits for a scrape after its last round
+                run_config.setdefault("metrics-linger", max(10 * self.scrape_interval, 5.0))
         if run_config:
             path = self.run_dir / f"run-config-{time.monotonic_ns()}.toml"
             path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
@@ -488,8 +539,10 @@ class LocalDeployment:
         self._kill(node.home, node.proc, node.launcher)
 
     def close(self) -> None:
-        """Stop every process group this deployment started (nodes first)."""
+        """Stop every process group this deployment started (Prometheus, then nodes)."""
         self.drop_controller()
+        if self.prom is not None:
+            self.prom.stop()
         procs = [p for n in self.node_list for p in (n.launcher, n.proc) if p is not None]
         for proc in procs:  # all nodes and launchers shut down at once, then are waited for
             with contextlib.suppress(ProcessLookupError):

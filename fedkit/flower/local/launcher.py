@@ -43,6 +43,10 @@ Children and signals:
   ClientApp-crashed error once the task's token expires, ~1 min) and exits 0;
 * with ``--parent-pid`` it shuts down the same way when that process (its SuperNode) is gone.
 
+With ``--metrics-port`` the launcher also serves the node's Prometheus metrics
+(:mod:`fedkit.flower.local.node_metrics`): it names a report file in the environment its
+tasks inherit, each task appends a line per message, and a scrape folds in the new lines.
+
 If the SuperNode was started with ``--superexec-auth-secret-file``, its Runtime API accepts
 ``AcquireTask`` only with Flower's HMAC headers: pass the same file here (the ClientApp's own
 calls are authorised by the task token and need no secret).
@@ -144,6 +148,7 @@ class Launcher:
         parent_pid: int | None = None,
         backoff: float = 0.05,
         unpack: str | None = None,
+        metrics: Any = None,
     ) -> None:
         self.address = address
         self.poll = poll
@@ -159,6 +164,7 @@ class Launcher:
         self.served = 0
         self.code = 0
         self.ctx = multiprocessing.get_context("forkserver")
+        self.metrics = metrics  # a node_metrics.NodeMetrics, or None
 
     # ---- setup ---------------------------------------------------------------------------
     def start_forkserver(self) -> float:
@@ -259,6 +265,8 @@ class Launcher:
         proc.start()
         self.children[proc.pid] = (proc, task_id, t0)
         self.served += 1
+        if self.metrics is not None:
+            self.metrics.task_started()
         LOG.info("task %d: pid %d started", task_id, proc.pid)
 
     def reap(self) -> None:
@@ -272,6 +280,8 @@ class Launcher:
                 proc.exitcode,
                 time.monotonic() - t0,
             )
+            if self.metrics is not None:
+                self.metrics.task_exited(proc.exitcode)
             proc.close()
             del self.children[pid]
 
@@ -365,10 +375,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds for running tasks")
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when it exits")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the node's Prometheus metrics on this port (0: off; node_metrics.py)",
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port")
+    parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        default=None,
+        help="the tasks' report file (default: one per launcher in the temp directory)",
+    )
     args = parser.parse_args(argv)
     if not 0.001 <= args.poll <= 60:
         parser.error("--poll must be between 0.001 and 60 s")
+    if not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be in [0, 65535], got {args.metrics_port}")
     return args
+
+
+def node_metrics_module() -> Any:
+    """:mod:`fedkit.flower.local.node_metrics`; run by path (no package), loaded from its file
+    next to this one so that the ``fedkit`` package (torch) is not imported."""
+    if __package__:
+        from fedkit.flower.local import node_metrics
+
+        return node_metrics
+    path = Path(__file__).with_name("node_metrics.py")
+    spec = importlib.util.spec_from_file_location("fedkit_node_metrics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_metrics(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(NodeMetrics, HTTP server)`` for ``--metrics-port`` (``(None, None)`` when off); the
+    report file is named in this process's environment, which the forkserver and every task
+    inherit."""
+    if not args.metrics_port:
+        return None, None
+    nm = node_metrics_module()
+    path = args.metrics_file or Path(tempfile.gettempdir()) / f"fedkit-node-{os.getpid()}.jsonl"
+    metrics = nm.NodeMetrics(path)
+    os.environ[nm.ENV] = str(path)
+    server = nm.serve(metrics, args.metrics_host, args.metrics_port)
+    LOG.info("node metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+    return metrics, server
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         secret = load_superexec_auth_secret(str(args.superexec_auth_secret_file))
     certs = args.root_certificates.read_bytes() if args.root_certificates else None
+    metrics, server = start_metrics(args)  # before the forkserver starts: it inherits the env
     launcher = Launcher(
         args.address,
         poll=args.poll,
@@ -395,8 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         backoff=args.pull_backoff,
         unpack=args.unpack_dir,
+        metrics=metrics,
     )
     code = launcher.run()
+    if server is not None:
+        server.shutdown()
     for sig in (signal.SIGTERM, signal.SIGINT):  # stopped: a repeated signal during the
         signal.signal(sig, signal.SIG_IGN)  # interpreter's exit must not turn 0 into -15
     return code
