@@ -106,7 +106,10 @@ def build(cfg: DictConfig | Mapping[str, Any], *, task: Any = None) -> Experimen
     )
     if privacy.sampling == "poisson":  # the sampling the accountant analyses
         sampling = attrs.evolve(sampling, sampling="poisson")
-    if privacy.mechanism in dp.EVERY_ROUND:  # a round releases noise even if nobody replied
+    if privacy.mechanism in dp.EVERY_ROUND and privacy.sound:
+        # the analysed mechanism releases noise every round, even if nobody replied (a
+        # nominal chain keeps its quorum: a robust reducer needs its rows, and the ε is not
+        # proven there anyway)
         sampling = attrs.evolve(sampling, quorum=0)
     strategy = attrs.evolve(
         sampling, client=client, server=chain(*components), accountant=privacy.accountant()

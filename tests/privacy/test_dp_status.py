@@ -47,6 +47,13 @@ def test_a_robust_reducer_after_clipping_is_nominal_and_says_why():
     assert names[-2:] == ["Median", "GaussianNoise"]
 
 
+def test_a_nominal_chain_keeps_its_quorum_for_its_robust_reducer():
+    # the benchmark's dp_trimmed_mean skips rounds with fewer than 2f + 3 valid replies
+    exp = build(cfg_of("defense=dp_trimmed_mean", "strategy.quorum=5"))
+    assert exp.privacy.status == "nominal"
+    assert exp.strategy.quorum == 5 and exp.strategy.sampling == "poisson"
+
+
 def test_adaptive_clipping_refuses_a_chain_it_cannot_replace():
     with pytest.raises(ValueError, match="use server=mean"):
         build(cfg_of("privacy=central_adaptive", "server=[median]"))
