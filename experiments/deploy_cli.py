@@ -18,6 +18,12 @@ the deployment's own files (PKI, logs, SuperLink database) in ``D/deployment``.
 (address in ``D/metrics.json``) and every node one; ``--prometheus`` also runs Debian's
 Prometheus server scraping them every second (``D/deployment/prometheus``: config, TSDB, log),
 waits for a last scrape after the run and prints what it holds (``docs/operations.md``).
+``--trace`` writes OpenTelemetry spans: the ServerApp's to ``D/trace.jsonl``, node ``i``'s
+ClientApp spans (children of the server's ``send`` spans) to ``D/trace-node<i>.jsonl``.
+
+A supervisor (:mod:`fedkit.flower.local.supervisor`) restarts a crashed SuperLink, ServerApp
+or SuperNode with backoff, the run resuming from its checkpoint (``--no-supervise``: off);
+status polls that fail are retried before the CLI gives up, naming the cause.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import torch
 from experiments.flower_app import APP, check_deployable, compose, simulation_apps
 from fedkit.core.keys import key as root_key
 from fedkit.flower.local.deployment import LocalDeployment, follow
+from fedkit.flower.local.processes import DeployError
+from fedkit.flower.local.proxy import ProxyLimits
+from fedkit.flower.local.supervisor import RestartPolicy
 from fedkit.run.plan import RunKeys
 
 
@@ -63,9 +72,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run a Prometheus server scraping them (Debian's prometheus; implies --metrics)",
     )
     local.add_argument(
+        "--proxy",
+        action="store_true",
+        help="nodes dial an nginx in front of the Fleet API: rate limits per source and node, "
+        "connection and size caps, TLS terminated there (Debian's nginx; docs/operations.md)",
+    )
+    local.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="do not restart a crashed SuperLink, ServerApp or SuperNode (D/deployment/restarts.jsonl)",
+    )
+    local.add_argument(
         "--privacy-floor",
         default="",
         help="JSON privacy floor every node enforces (fedkit.flower.PrivacyFloor)",
+    )
+    local.add_argument(
+        "--trace",
+        action="store_true",
+        help="OpenTelemetry spans: the server's in D/trace.jsonl, node i's in D/trace-node<i>.jsonl",
     )
     sim = sub.add_parser("sim", help="the same apps on Flower's simulation engine (Ray)")
     sim.add_argument("--nodes", type=int, default=3, help="number of simulated SuperNodes")
@@ -115,6 +140,9 @@ def deploy_local(args: argparse.Namespace) -> int:
     if args.privacy_floor:
         for nc in node_configs:
             nc["privacy-floor"] = args.privacy_floor
+    if args.trace:  # each node writes its own spans; the server's go to out/trace.jsonl
+        for i, nc in enumerate(node_configs):
+            nc["trace-file"] = str(out / f"trace-node{i}.jsonl")
     run_config = {
         "experiment": json.dumps(cfg),
         "out-dir": str(out),
@@ -124,6 +152,8 @@ def deploy_local(args: argparse.Namespace) -> int:
         "min-nodes": args.nodes,
         "signed-replies": not (args.insecure or args.no_auth),
     }
+    if args.trace:
+        run_config["trace-file"] = str(out / "trace.jsonl")
     deployment = LocalDeployment(
         work,
         nodes=args.nodes,
@@ -133,6 +163,8 @@ def deploy_local(args: argparse.Namespace) -> int:
         node_configs=node_configs,
         metrics=args.metrics or args.prometheus,
         prometheus=args.prometheus,
+        proxy=ProxyLimits() if args.proxy else None,
+        restart=None if args.no_supervise else RestartPolicy(),
     )
     with deployment:
         mode = "insecure" if deployment.insecure else "TLS" + (" + node auth" * deployment.auth)
@@ -145,14 +177,24 @@ def deploy_local(args: argparse.Namespace) -> int:
         status: list[str] = []
 
         def done() -> bool:
-            status[:] = [deployment.status(run_id)]
+            sup = deployment.supervisor
+            status[:] = [sup.status(run_id) if sup else deployment.status(run_id)]
             return status[0].startswith("finished")
 
         end = time.monotonic() + args.timeout
-        follow(out / "checkpoints", lambda: done() or time.monotonic() > end, every=1.0)
+        try:
+            follow(out / "checkpoints", lambda: done() or time.monotonic() > end, every=1.0)
+        except DeployError as exc:
+            print(f"fedkit deploy local: {exc}; tearing the deployment down", flush=True)
+            return 1
         final = status[0] if status else "unknown"
+        if deployment.supervisor is not None and deployment.supervisor.counts:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(deployment.supervisor.counts.items()))
+            print(f"restarts: {counts} (see {work / 'restarts.jsonl'})", flush=True)
         print(f"run {run_id}: {final}; record in {out / 'record.json'}", flush=True)
         print_privacy(out / "record.json")
+        if deployment.proxy_server is not None:
+            print(f"proxy: {deployment.proxy_server.summary()}", flush=True)
         if deployment.prom is not None:
             print_prometheus(deployment.prom, since=time.time())
     return 0 if final == "finished:completed" else 1

@@ -15,7 +15,11 @@ Run config (``[tool.flwr.app.config]``; :data:`RUN_CONFIG`):
 * ``metrics-port`` (0: off), ``metrics-host`` (default 127.0.0.1): the ServerApp's Prometheus
   endpoint with ``/healthz`` and ``/readyz`` (:mod:`fedkit.run.metrics`; its address lands in
   ``out-dir/metrics.json``); ``metrics-linger`` (s): how long the ServerApp may wait after the
-  last round for one more scrape (``fedkit deploy local --prometheus`` sets it).
+  last round for one more scrape (``fedkit deploy local --prometheus`` sets it);
+* ``trace-file`` (default "": none; relative to ``out-dir``), ``otlp-endpoint`` (default "":
+  none): where the ServerApp's OpenTelemetry spans go (:mod:`fedkit.run.tracing`;
+  ``fedkit deploy local --trace`` sets ``trace.jsonl``). A node's own spans go where its node
+  config says (``trace-file``, ``otlp-endpoint``), never where the server says.
 
 :data:`APP` is what ``fedkit deploy`` submits: a FAB holding only the app's
 ``pyproject.toml`` — no code; both sides import the fedkit they installed. The ServerApp
@@ -50,6 +54,7 @@ from fedkit.flower.client import ClientRuntime
 from fedkit.flower.local.staging import AppSource
 from fedkit.flower.requests import TrainRequest
 from fedkit.run.metrics import Endpoint
+from fedkit.run.tracing import TraceConfig, TracingError
 from fedkit.tasks.registry import build_task
 
 RUN_CONFIG: dict[str, Any] = {
@@ -67,6 +72,8 @@ RUN_CONFIG: dict[str, Any] = {
     "metrics-port": 0,
     "metrics-host": "127.0.0.1",
     "metrics-linger": 0.0,
+    "trace-file": "",
+    "otlp-endpoint": "",
 }
 # The packages a FAB would need to carry for nodes without fedkit installed (``flwr run .``
 # from a checkout ships them, pyproject's fab-include); fedkit deploy ships none (APP).
@@ -176,6 +183,7 @@ def server_setup(
     )
     return ServerSetup(
         metrics=metrics_endpoint(rc, loop),
+        trace=trace_config(rc, Path(out)),
         task=exp.task,
         strategy=exp.strategy,
         rounds=exp.rounds,
@@ -213,6 +221,17 @@ def metrics_endpoint(rc: Mapping[str, Any], loop: LoopConfig) -> Endpoint | None
         )
     except (TypeError, ValueError) as exc:
         raise ExperimentConfigError(f"run config metrics-*: {exc}") from None
+
+
+def trace_config(rc: Mapping[str, Any], out_dir: Path) -> TraceConfig | None:
+    """Where the ServerApp's spans go (``None``: no tracing); a relative ``trace-file`` lies
+    in ``out_dir``."""
+    file, endpoint = str(rc["trace-file"]), str(rc["otlp-endpoint"])
+    try:
+        config = TraceConfig(out_dir / file if file else None, endpoint or None)
+    except TracingError as exc:
+        raise ExperimentConfigError(f"run config trace-file / otlp-endpoint: {exc}") from None
+    return config if config.enabled else None
 
 
 @functools.lru_cache(maxsize=2)

@@ -72,6 +72,7 @@ RUN_ONLY = (
     "engine",
     "hydra",
     "labels",
+    "tracing",
 )
 
 
@@ -115,8 +116,9 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Simulate the run ``cfg`` describes; write ``<out_dir>/record.json``,
     ``record.safetensors`` (the final parameters), ``events.jsonl`` and the audit log
-    ``audit.jsonl`` (appended to, never rewritten: :mod:`fedkit.run.audit_log`), and
-    TensorBoard scalars into ``out_dir`` when ``cfg.tensorboard``; return the record. ``task``: the already built task of
+    ``audit.jsonl`` (appended to, never rewritten: :mod:`fedkit.run.audit_log`),
+    TensorBoard scalars into ``out_dir`` when ``cfg.tensorboard`` and OpenTelemetry spans
+    when ``cfg.tracing`` asks (:func:`tracing_callback`); return the record. ``task``: the already built task of
     ``cfg.task``, if any."""
     cfg = as_config(cfg)
     if cfg.get("threads") is not None:
@@ -132,6 +134,9 @@ def run_experiment(
     hooks.append(RecordFiles(out, extras=record_extras(cfg, exp, labels)))
     hooks.append(EventLog(out / "events.jsonl"))
     hooks.append(AuditLog(out / AUDIT_FILE))
+    tracer = tracing_callback(cfg.get("tracing"), out)
+    if tracer is not None:
+        hooks.append(tracer)
     history = simulate(
         exp.task,
         exp.strategy,
@@ -147,6 +152,28 @@ def run_experiment(
         config=fingerprint_config(cfg),
     )
     return history.record
+
+
+def tracing_callback(section: Any, out: Path) -> Any:
+    """The :class:`fedkit.run.tracing.Tracing` callback the config's ``tracing`` section asks
+    for (``file``: ``true`` for ``out/trace.jsonl``, a path, or null; ``otlp_endpoint``: a
+    URL or null), ``None`` when it asks for none."""
+    section = dict(section or {})
+    unknown = sorted(set(section) - {"file", "otlp_endpoint"})
+    if unknown:
+        raise ValueError(f"tracing has unknown keys {unknown}; it takes file and otlp_endpoint")
+    file, endpoint = section.get("file"), section.get("otlp_endpoint")
+    if file is False or file is None:
+        file = None
+    elif file is True:
+        file = out / "trace.jsonl"
+    elif not isinstance(file, str) or not file:
+        raise ValueError(f"tracing.file must be true, a path or null, got {file!r}")
+    if file is None and not endpoint:
+        return None
+    from fedkit.run.tracing import Tracing  # the OpenTelemetry SDK only when asked for
+
+    return Tracing(file, endpoint or None)
 
 
 def backdoor_metrics(adversary: Any, task: Any, params: torch.Tensor) -> dict[str, float]:

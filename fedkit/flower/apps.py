@@ -8,13 +8,16 @@ what a :class:`ServerSetup` holds. Everything a deployed run writes goes to its
 scalars, ``events.jsonl``, the hash-chained audit log ``audit.jsonl``
 (:mod:`fedkit.run.audit_log`), ``checkpoints/`` and the node registry ``registry.json``; with
 a metrics endpoint (``ServerSetup.metrics``) Prometheus metrics, ``/healthz`` and ``/readyz``
-(:mod:`fedkit.run.metrics`) whose address is written to ``metrics.json``.
+(:mod:`fedkit.run.metrics`) whose address is written to ``metrics.json``; with a trace
+config (``ServerSetup.trace``) OpenTelemetry spans of the run (:mod:`fedkit.run.tracing`).
 
 The ClientApp decodes each ``train`` message strictly (:mod:`fedkit.flower.requests`,
 :mod:`fedkit.flower.wire`: a malformed request raises, and Flower reports the error to the
 server, which counts it), hands it to a :class:`~fedkit.flower.client.ClientRuntime`,
 encodes what it answers and signs the reply with the node's key (node config
-``signing-key``; :mod:`fedkit.flower.signing`). Which task, strategy and runtime a run uses is decided by the app
+``signing-key``; :mod:`fedkit.flower.signing`); a node with ``trace-file`` (or
+``otlp-endpoint``) in its node config records each message as a ``client.train`` span in the
+server's trace. Which task, strategy and runtime a run uses is decided by the app
 that calls these factories (``experiments.flower_app``: the experiment config).
 """
 
@@ -39,7 +42,7 @@ from fedkit.flower.registry import NodeRegistry
 from fedkit.flower.requests import RequestError, TrainRequest, parse_request
 from fedkit.flower.transport import FEDKIT, METRICS, FlowerTransport, LoopConfig
 from fedkit.protocols import Task
-from fedkit.run import driver
+from fedkit.run import driver, tracing
 from fedkit.run.audit_log import AUDIT_FILE, AuditLog
 from fedkit.run.callbacks import (
     Callback,
@@ -60,8 +63,9 @@ class ServerSetup:
     recorded; its nodes attack on their own), rounds and seed, the configuration the run is
     fingerprinted by, where it writes (``out_dir``), how it waits (``loop``), the node
     registry file (default ``out_dir/registry.json``), ``resume``, ``record_extras``
-    (sections added to the final record) and the Prometheus endpoint (``metrics``; ``None``:
-    none)."""
+    (sections added to the final record), the Prometheus endpoint (``metrics``; ``None``:
+    none) and where the run's spans go (``trace``: :mod:`fedkit.run.tracing`; ``None``:
+    no tracing)."""
 
     task: Task
     strategy: Strategy
@@ -78,6 +82,7 @@ class ServerSetup:
     record_extras: Callable[[dict[str, Any], History], Mapping[str, Any]] | None = None
     transport_name: str = "flower-deployment"
     metrics: Endpoint | None = None
+    trace: tracing.TraceConfig | None = None
 
 
 def serve(grid: Any, setup: ServerSetup) -> History:
@@ -94,6 +99,8 @@ def serve(grid: Any, setup: ServerSetup) -> History:
     ]
     if setup.metrics is not None:
         hooks.append(server_metrics(grid, setup))
+    if setup.trace is not None and setup.trace.enabled:
+        hooks.append(tracing.Tracing(setup.trace.file, setup.trace.otlp_endpoint))
     return driver.run(
         setup.task,
         setup.strategy,
@@ -143,26 +150,52 @@ RuntimeFactory = Callable[[Context, TrainRequest], ClientRuntime]
 
 def answer(message: Message, context: Context, runtime: RuntimeFactory) -> Message:
     """The reply to one ``train`` message (module doc); raises on a malformed request. The
-    outcome is reported to the node's metrics (:mod:`fedkit.flower.local.node_metrics`)."""
-    try:
-        book = message.content.config_records.get(FEDKIT)
-        if book is None:
-            raise RequestError("the message carries no 'fedkit' record: not a fedkit train request")
-        request = parse_request(book)
-        node = runtime(context, request)
-        params = wire.read_params(message.content, node.spec)
-        t0 = time.perf_counter()
-        out = node.train(request, params)
-        seconds = time.perf_counter() - t0
-    except Exception as exc:
-        _report("error", reason=type(exc).__name__)
-        raise
-    reply = _reply(message, context, request, out, node.spec)
-    if isinstance(out, Refused):
-        _report("refused", reason=out.code)
-    else:
-        _report("trained", seconds=seconds, bytes_sent=wire.payload_size(reply.content))
-    return reply
+    outcome is reported to the node's metrics (:mod:`fedkit.flower.local.node_metrics`)
+    and, when the node traces (node config ``trace-file`` / ``otlp-endpoint``), as a
+    ``client.train`` span joining the server's trace (:func:`client_span`)."""
+    with contextlib.ExitStack() as traced:
+        try:
+            book = message.content.config_records.get(FEDKIT)
+            if book is None:
+                raise RequestError(
+                    "the message carries no 'fedkit' record: not a fedkit train request"
+                )
+            request = parse_request(book)
+            span = traced.enter_context(client_span(context, request))
+            node = runtime(context, request)
+            params = wire.read_params(message.content, node.spec)
+            t0 = time.perf_counter()
+            out = node.train(request, params)
+            seconds = time.perf_counter() - t0
+        except Exception as exc:
+            _report("error", reason=type(exc).__name__)
+            raise
+        reply = _reply(message, context, request, out, node.spec)
+        if isinstance(out, Refused):
+            _report("refused", reason=out.code)
+            outcome = {"outcome": "refused", "refused": out.code}
+        else:
+            sent = wire.payload_size(reply.content)
+            _report("trained", seconds=seconds, bytes_sent=sent)
+            outcome = {"outcome": "trained", "examples": out.num_examples, "bytes_sent": sent}
+        if span is not None:
+            span.set_attributes({f"fedkit.{k}": v for k, v in outcome.items()})
+        return reply
+
+
+def client_span(context: Context, request: TrainRequest) -> Any:
+    """The ``client.train`` span of one request on this node (:func:`fedkit.run.tracing.
+    client_span`: service ``fedkit-client``, a child of the server's ``send`` span that the
+    request's ``traceparent`` names); a no-op unless the node config has ``trace-file`` or
+    ``otlp-endpoint``."""
+    config = tracing.node_trace_config(context.node_config)
+    resource = {
+        "fedkit.node.id": int(context.node_id),
+        "fedkit.flower.run_id": int(context.run_id),
+        "fedkit.partition": context.node_config.get("partition-id"),
+    }
+    fields = {"round": request.round, "client": request.client, "work": request.work}
+    return tracing.client_span(config, request.traceparent, resource=resource, attributes=fields)
 
 
 def _report(outcome: str, **fields: Any) -> None:

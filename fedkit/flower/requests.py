@@ -7,7 +7,9 @@ one of a closed set of kinds (:data:`DP_KINDS`: ``{"kind": "dpsgd", "max_grad_no
 "noise_multiplier", "batch_size"}``), decoded into :class:`fedkit.client_dp.DPSGDConfig`.
 Anything else — an unknown field or kind, a value of the wrong type or range — raises
 :class:`RequestError` naming it, which the ClientApp turns into an error reply the server
-counts (``client_error``).
+counts (``client_error``). A request of a traced run also carries ``traceparent``: the W3C
+trace context of the server's ``send`` span (``00-<32 hex>-<16 hex>-<2 hex>``, nothing else;
+:mod:`fedkit.run.tracing`), which the ClientApp's span joins.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import attrs
 from fedkit.client import ClientConfig
 from fedkit.client_dp import DPSGDConfig
 from fedkit.core.keys import Key
+from fedkit.run.tracing import TRACEPARENT_RULE, parse_traceparent
 
 DP_KINDS = ("dpsgd",)
 _DP_FIELDS = ("max_grad_norm", "noise_multiplier", "batch_size")
@@ -108,26 +111,49 @@ def client_config_from_json(text: str) -> ClientConfig:
 @attrs.frozen(eq=False)
 class TrainRequest:
     """One ``train`` request: round, the client id the server's registry gives this node,
-    its work units, the key the server proposes and the client config."""
+    its work units, the key the server proposes, the client config and the server's trace
+    context (``traceparent``; ``None`` when the run is not traced)."""
 
     round: int
     client: int
     work: int
     key: Key
     config: ClientConfig
+    traceparent: str | None = None
 
 
 def request_fields(
-    round: int, client: int, work: int, key: Key, cfg: ClientConfig
+    round: int,
+    client: int,
+    work: int,
+    key: Key,
+    cfg: ClientConfig,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
-    """The request's fields for the message's ConfigRecord."""
-    return {
+    """The request's fields for the message's ConfigRecord (``traceparent`` only when
+    given)."""
+    fields: dict[str, Any] = {
         "round": round,
         "client": client,
         "work": work,
         "key": key.to_hex(),
         "client-config": client_config_to_json(cfg),
     }
+    if traceparent is not None:
+        fields["traceparent"] = check_traceparent(traceparent)
+    return fields
+
+
+def check_traceparent(value: Any) -> str:
+    """``value`` if it is a W3C ``traceparent`` as fedkit sends it, else
+    :class:`RequestError` naming the value and the rule."""
+    try:
+        parse_traceparent(value)
+    except ValueError:
+        raise RequestError(
+            f"train request field 'traceparent' must be {TRACEPARENT_RULE}, got {value!r}"
+        ) from None
+    return value
 
 
 def parse_request(book: Any) -> TrainRequest:
@@ -145,4 +171,6 @@ def parse_request(book: Any) -> TrainRequest:
         key = Key.from_hex(str(key_text))
     except ValueError:
         raise RequestError(f"train request key {key_text!r} is not a 128-bit hex key") from None
-    return TrainRequest(r, c, w, key, client_config_from_json(str(cfg_text)))
+    parent = book.get("traceparent")
+    parent = None if parent is None else check_traceparent(parent)
+    return TrainRequest(r, c, w, key, client_config_from_json(str(cfg_text)), parent)

@@ -9,14 +9,20 @@ Per round:
 2. each client the plan asks to train gets one ``train`` message, sent to the node the
    registry maps to it: the global parameters and their ParamSpec, the round, the client
    id, its work, the key it trains with (``fold_in(k_clients, client)``, the simulation's)
-   and the strategy's client config as plain data (:mod:`fedkit.flower.requests`). A client
+   and the strategy's client config as plain data (:mod:`fedkit.flower.requests`); under
+   tracing also the W3C ``traceparent`` of the round's ``send`` span (:mod:`fedkit.run.tracing`,
+   the ``send`` and ``collect`` phases are the run's :meth:`~fedkit.run.driver.Run.phase`). A client
    without a live node is lost as ``unavailable``;
 3. replies are pulled until all are in or ``round_deadline`` seconds have passed. A reply
    belongs to the node the message was sent to, which must have signed it with its
    registered key (:mod:`fedkit.flower.signing`; Flower itself does not check who wrote a
    reply): an unsigned or forged reply is rejected as ``bad_signature``, one whose payload
    claims another client as ``impersonation``; a second reply to one message is ignored. Error replies (node unavailable, ClientApp error) and missing ones
-   are lost by reason; a node refusing a round (its privacy floor) is lost as ``refused``
+   are lost by reason. Every ``node_check`` s the transport asks the grid which nodes are
+   connected: a message whose node is no longer listed, or was re-activated since the
+   message went out (a restarted node never answers what its old process took), is no
+   longer waited for and is lost as ``node_gone``, so the round ends once every remaining
+   node has answered; a node refusing a round (its privacy floor) is lost as ``refused``
    and counted by reason in the round's ``refusals``. No reply can stop the run.
 
 The exchange names, client by client, what the transport decided (a :class:`Verdict` with the
@@ -28,6 +34,7 @@ driver passes these on to the callbacks (the audit log).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from pathlib import Path
@@ -65,10 +72,25 @@ class LoopConfig:
     min_nodes: int = 1
     poll_interval: float = 0.2
     signed_replies: bool = True
+    node_check: float = 1.0  # s between checks that the nodes waited for are still there
 
     def __attrs_post_init__(self) -> None:
         if self.round_deadline <= 0 or self.sample_timeout < 0 or self.poll_interval <= 0:
             raise ValueError("round_deadline and poll_interval must be > 0, sample_timeout >= 0")
+
+
+def bound_object_pulls(max_time: float) -> None:
+    """Bound how long Flower's HTTP grid (this ServerApp process) waits for a reply's
+    objects to ``max_time`` s. A node killed after pushing a reply but before its objects
+    would otherwise hold the ServerApp in ``pull_messages`` for up to 2 h (``flwr/supercore/
+    constant.py`` ``PULL_MAX_TIME``); past the bound Flower returns an error reply instead
+    (lost as ``client_error``)."""
+    try:
+        from flwr.supercore.inflatable import inflatable_utils
+        from flwr.superlink.grid import http_grid
+    except ImportError:  # another Flower: nothing bound
+        return
+    http_grid.pull_objects = functools.partial(inflatable_utils.pull_objects, max_time=max_time)
 
 
 def wait_for_nodes(grid: Any, minimum: int, timeout: float, poll: float) -> list[int]:
@@ -101,6 +123,16 @@ def train_message(
     return Message(
         content=content, dst_node_id=node, message_type="train", group_id=str(r), ttl=ttl
     )
+
+
+def with_parent(messages: list[Message], traceparent: str | None) -> list[Message]:
+    """``messages`` with the W3C ``traceparent`` of the server's ``send`` span in each
+    request (:mod:`fedkit.run.tracing`: the ClientApp's span joins the server's trace);
+    unchanged when ``None`` (no tracing)."""
+    if traceparent is not None:
+        for message in messages:
+            message.content[FEDKIT]["traceparent"] = traceparent
+    return messages
 
 
 def to_reply(message: Message, client: int, spec: ParamSpec, max_bytes: int) -> Reply:
@@ -142,6 +174,7 @@ class FlowerTransport:
 
     def start(self, run: Any) -> None:
         self.run = run
+        bound_object_pulls(self.config.round_deadline)
         spec: ParamSpec = run.spec
         limit = run.strategy.max_reply_bytes
         self.max_bytes = limit if limit is not None else 2 * spec.size * spec.torch_dtype.itemsize
@@ -193,12 +226,15 @@ class FlowerTransport:
                 )
             )
             client_of_message.append(c)
-        ids = list(self.grid.push_messages(messages)) if messages else []
+        with run.phase("send", messages=len(messages)) as parent:  # tracing: its traceparent
+            ids = list(self.grid.push_messages(with_parent(messages, parent))) if messages else []
         sent = {
             mid: (int(m.metadata.dst_node_id), c)
             for mid, m, c in zip(ids, messages, client_of_message, strict=True)
         }
-        arrived = self.collect(sent, time.monotonic() + cfg.round_deadline)
+        gone: set[str] = set()
+        with run.phase("collect"):
+            arrived = self.collect(sent, time.monotonic() + cfg.round_deadline, gone=gone)
         keys = self.public_keys() if cfg.signed_replies else {}
         replies: list[Reply] = []
         rejected: Counter[str] = Counter()
@@ -240,8 +276,9 @@ class FlowerTransport:
             stats[client] = (float(loss), int(reply.num_examples))
         for mid in sorted(sent.keys() - answered, key=lambda m: sent[m][1]):
             node, client = sent[mid]
-            lost["late"] += 1
-            verdicts.append(Verdict(client, "lost", "late", node))
+            reason = "node_gone" if mid in gone else "late"
+            lost[reason] += 1
+            verdicts.append(Verdict(client, "lost", reason, node))
         metrics: dict[str, Any] = {"nodes": len(live), "sample_time": sample_time}
         if refusals:
             metrics["refusals"] = dict(refusals)
@@ -291,10 +328,16 @@ class FlowerTransport:
             int(info.node_id): signing.public_key(info.public_key) for info in self.grid.get_nodes()
         }
 
-    def collect(self, sent: dict[str, tuple[int, int]], deadline: float) -> list[Message]:
-        """Pull replies until every message has one or ``deadline``; at most one reply per
-        message (the first) is kept."""
+    def collect(
+        self, sent: dict[str, tuple[int, int]], deadline: float, gone: set[str] | None = None
+    ) -> list[Message]:
+        """Pull replies until every message has one, its node is gone or ``deadline``; at
+        most one reply per message (the first) is kept. With ``gone``, the messages given up
+        because their node left (:meth:`departed`, every ``node_check`` s) are added to it."""
         waiting, out = set(sent), []
+        check = gone is not None
+        active = self.activations() if check else {}
+        next_check = time.monotonic() + self.config.node_check
         while waiting:
             for reply in self.grid.pull_messages(list(waiting)):
                 mid = reply.metadata.reply_to_message_id
@@ -303,5 +346,28 @@ class FlowerTransport:
                     out.append(reply)
             if not waiting or time.monotonic() >= deadline:
                 break
+            if check and time.monotonic() >= next_check:
+                left = self.departed(active, {sent[m][0] for m in waiting})
+                given_up = {m for m in waiting if sent[m][0] in left}
+                if given_up:  # a reply may have landed just before its node left
+                    for reply in self.grid.pull_messages(list(given_up)):
+                        mid = reply.metadata.reply_to_message_id
+                        if mid in given_up:
+                            given_up.discard(mid)
+                            waiting.discard(mid)
+                            out.append(reply)
+                    waiting -= given_up
+                    gone |= given_up
+                next_check = time.monotonic() + self.config.node_check
             time.sleep(self.config.poll_interval)
         return out
+
+    def activations(self) -> dict[int, str]:
+        """``{node id: when it was last activated}`` of the nodes the grid lists now."""
+        return {int(n.node_id): str(n.last_activated_at) for n in self.grid.get_nodes()}
+
+    def departed(self, active: dict[int, str], nodes: set[int]) -> set[int]:
+        """Those of ``nodes`` no longer listed, or activated again since ``active`` was
+        taken (restarted: what the old process held is lost)."""
+        now = self.activations()
+        return {n for n in nodes if n not in now or now[n] != active.get(n, now[n])}

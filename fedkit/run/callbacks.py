@@ -9,14 +9,16 @@ its course (:data:`TRAIL_EVENTS`: round open, reply verdicts, round close, check
 written, nodes registered or refused, run end; what the audit log keeps, not in the
 record); :meth:`Callback.on_run_end` with the finished :class:`~fedkit.run.history.History`;
 :meth:`Callback.close` always, even when the run raised. :meth:`Callback.record_extras`
-adds sections to every record the run builds. Callbacks read the driver's
+adds sections to every record the run builds; :meth:`Callback.phase` may wrap each phase of
+a round (:meth:`fedkit.run.driver.Run.phase`: OpenTelemetry spans). Callbacks read the driver's
 :class:`~fedkit.run.driver.Run`; they never change it, and their own state (open files,
 writers) is theirs.
 
 Built in: :class:`Checkpoints` (server state, privacy ledger, config fingerprint; resume),
 :class:`RecordFiles` (``record.json`` + ``record.safetensors``), :class:`TensorBoard`,
 :class:`Progress`, :class:`EventLog` (``events.jsonl``), :class:`BudgetStop`,
-:class:`PrintRounds`; the audit log is :class:`fedkit.run.audit_log.AuditLog`.
+:class:`PrintRounds`; the audit log is :class:`fedkit.run.audit_log.AuditLog`, the spans
+:class:`fedkit.run.tracing.Tracing`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +79,15 @@ class Callback:
     def on_event(self, run: Run, event: dict[str, Any]) -> None:
         """An event of the run (also appended to ``run.events`` unless it is ``stop`` or
         one of :data:`TRAIL_EVENTS`)."""
+
+    def phase(
+        self, run: Run, name: str, attributes: dict[str, Any]
+    ) -> AbstractContextManager[str | None] | None:
+        """A context around one phase of the run (``round``, ``send``, ``collect``,
+        ``aggregate``, ``evaluate``, ``checkpoint``, ``client.train``; see
+        :meth:`fedkit.run.driver.Run.phase`), or ``None`` for none. What it yields (a W3C
+        ``traceparent``, :mod:`fedkit.run.tracing`) is what the phase's opener gets."""
+        return None
 
     def on_run_end(self, run: Run, history: History) -> None:
         """The run finished (all rounds, or stopped); ``history.record`` is final."""

@@ -44,11 +44,12 @@ it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -185,6 +186,22 @@ class Run:
             record.update(cb.record_extras(self))
         return jsonable(record)
 
+    @contextlib.contextmanager
+    def phase(self, name: str, **attributes: Any) -> Iterator[str | None]:
+        """Wrap one phase of the run (``round``, ``aggregate``, ``evaluate``, ``checkpoint``
+        here; ``send``, ``collect``, ``client.train`` in the transports) in every callback's
+        :meth:`~fedkit.run.callbacks.Callback.phase`; yields the first thing one of them
+        yields (a W3C ``traceparent`` under :class:`~fedkit.run.tracing.Tracing`), else
+        ``None``. Without such a callback it does nothing."""
+        with contextlib.ExitStack() as stack:
+            found = None
+            for cb in self.callbacks:
+                opened = cb.phase(self, name, attributes)
+                if opened is not None:
+                    got = stack.enter_context(opened)
+                    found = got if found is None else found
+            yield found
+
 
 def _train_loss(exchange: Exchange, accepted: Sequence[int]) -> float | None:
     """Example-weighted mean of the accepted clients' reported local losses."""
@@ -219,9 +236,10 @@ def _round(run: Run, hooks, plan: RoundPlan) -> tuple[ServerState, dict[str, Any
     t1 = time.perf_counter()
     for event in exchange.events:
         _emit(run, hooks, dict(event))
-    state, info = run.strategy.round(
-        run.state, list(exchange.replies), plan.keys.server, clients=plan.clients
-    )
+    with run.phase("aggregate"):
+        state, info = run.strategy.round(
+            run.state, list(exchange.replies), plan.keys.server, clients=plan.clients
+        )
     t2 = time.perf_counter()
     verdicts = round_verdicts(plan, exchange, info)
     replies = {
@@ -245,7 +263,8 @@ def _round(run: Run, hooks, plan: RoundPlan) -> tuple[ServerState, dict[str, Any
         **exchange.metrics,
     }
     if plan.round % run.eval_every == 0 or plan.round == run.rounds:
-        metrics.update(run.task.evaluate(state.params))
+        with run.phase("evaluate"):
+            metrics.update(run.task.evaluate(state.params))
     t3 = time.perf_counter()
     metrics.update(train_time=t1 - t0, aggregate_time=t2 - t1, eval_time=t3 - t2, wall_time=t3 - t0)
     return state, jsonable(metrics), exchange.server_crash
@@ -454,18 +473,21 @@ def _loop(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerState)
             _stop(run, hooks, stop)
             _emit_checkpoints(run, hooks, checkpoints)
             return
-        state, metrics, crash = _round(run, hooks, plan)
-        run.state = state
-        if after is not None:
-            run.ledger = after
-            metrics["epsilon"] = jsonable(run.next_epsilon)
-            _budget_alerts(run, hooks, metrics)
-        run.metrics.append(metrics)
-        _emit(run, hooks, _round_close(metrics, spent))
-        for cb in hooks:
-            cb.on_round_end(run, metrics)
-            if cb is checkpoints:  # announced before a record written per round sees the head
-                _emit_checkpoints(run, hooks, checkpoints)
+        with run.phase("round", round=plan.round):
+            state, metrics, crash = _round(run, hooks, plan)
+            run.state = state
+            if after is not None:
+                run.ledger = after
+                metrics["epsilon"] = jsonable(run.next_epsilon)
+                _budget_alerts(run, hooks, metrics)
+            run.metrics.append(metrics)
+            _emit(run, hooks, _round_close(metrics, spent))
+            for cb in hooks:
+                saving = cb is checkpoints
+                with run.phase("checkpoint") if saving else contextlib.nullcontext():
+                    cb.on_round_end(run, metrics)
+                    if saving:  # announced before a record written per round sees the head
+                        _emit_checkpoints(run, hooks, checkpoints)
         if crash and state.round not in crashed:
             crashed.add(state.round)
             _recover(run, hooks, checkpoints, state0)

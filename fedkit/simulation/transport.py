@@ -8,10 +8,17 @@ threat model allows; the replies go through the fault plan
 (:func:`fedkit.simulation.delivery.deliver`). Fault models get the run-level fault key and
 fold in the round themselves, so a fault that spans rounds (a crash lasting k rounds, a
 partitioned group) stays consistent. A fault never stops the run.
+
+Phases (:meth:`fedkit.run.driver.Run.phase`, spans under tracing): ``send`` is the local
+training, with one ``client.train`` inside per trained client for the sequential engine
+(which then trains one job per call: the same results) and one for the whole batch for any
+other engine (attribute ``clients``); ``collect`` is the simulated delivery.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
@@ -25,6 +32,7 @@ from fedkit.run.records import describe
 from fedkit.run.transport import Exchange
 from fedkit.simulation.delivery import deliver
 from fedkit.simulation.jobs import ClientJob, LocalResults
+from fedkit.simulation.sequential import SequentialEngine
 from fedkit.strategy import ServerState, Strategy
 from fedkit.tasks.base import SupervisedTask
 
@@ -60,9 +68,11 @@ class InProcessTransport:
 
     def exchange(self, state: ServerState, plan: RoundPlan) -> Exchange:
         run = self.run
-        local, updates = train_planned(
-            run.task, run.strategy, run.adversary, self.engine, state.params, plan
-        )
+        with run.phase("send", clients=len(plan.clients)):
+            engine = PhasedEngine(self.engine, run.phase)
+            local, updates = train_planned(
+                run.task, run.strategy, run.adversary, engine, state.params, plan
+            )
         sizes, losses = local.num_examples.tolist(), local.loss.tolist()
         steps, trained = local.steps.tolist(), local.trained.tolist()
         clients = plan.clients.tolist()
@@ -78,12 +88,13 @@ class InProcessTransport:
             else None
             for i, c in enumerate(clients)
         ]
-        arrived = deliver(
-            replies,
-            self.faults.plan(plan.round, plan.clients, run.keys.faults),
-            deadline=run.strategy.deadline,
-            key=split(plan.keys.faults)[1],
-        )
+        with run.phase("collect"):
+            arrived = deliver(
+                replies,
+                self.faults.plan(plan.round, plan.clients, run.keys.faults),
+                deadline=run.strategy.deadline,
+                key=split(plan.keys.faults)[1],
+            )
         lost = dict(arrived.lost)
         dropped = int((~local.trained).sum())
         if dropped:
@@ -95,6 +106,43 @@ class InProcessTransport:
             faults=arrived.faults,
             client_stats=stats,
             server_crash=arrived.server_crash,
+        )
+
+
+@attrs.frozen
+class PhasedEngine:
+    """``engine`` with its training in ``client.train`` phases of ``phase`` (the run's
+    :meth:`~fedkit.run.driver.Run.phase`): one per job for the sequential engine, one for
+    the whole call otherwise (module doc)."""
+
+    engine: Any
+    phase: Callable[..., AbstractContextManager[Any]]
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    def train(
+        self, task: Any, params: torch.Tensor, jobs: Sequence[ClientJob], cfg: Any
+    ) -> LocalResults:
+        if type(self.engine) is not SequentialEngine or len(jobs) <= 1:
+            clients = [j.client for j in jobs]
+            with self.phase("client.train", clients=clients, batched=True):
+                return self.engine.train(task, params, jobs, cfg)
+        parts = []
+        for job in jobs:
+            if job.work <= 0:  # a dropped straggler: not trained, no span
+                parts.append(self.engine.train(task, params, [job], cfg))
+                continue
+            with self.phase("client.train", client=job.client, work=job.work):
+                parts.append(self.engine.train(task, params, [job], cfg))
+        return LocalResults(
+            updates=torch.cat([r.updates for r in parts]),
+            num_examples=torch.cat([r.num_examples for r in parts]),
+            loss=torch.cat([r.loss for r in parts]),
+            steps=torch.cat([r.steps for r in parts]),
+            trained=torch.cat([r.trained for r in parts]),
+            metrics=tuple(m for r in parts for m in r.metrics),
         )
 
 

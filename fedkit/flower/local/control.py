@@ -85,6 +85,12 @@ class ControlClient:
         request = RegisterNodeRequest(public_key=try_load_public_key(Path(public_key)))
         return int(self.client.RegisterNode(request=request).node_id)
 
+    def stop_run(self, run_id: int) -> bool:
+        """What ``flwr stop RUN_ID`` does; whether the SuperLink stopped it."""
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        return bool(self.client.StopRun(StopRunRequest(run_id=run_id)).success)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()

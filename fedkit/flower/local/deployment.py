@@ -64,7 +64,9 @@ from fedkit.flower.local.processes import (
     tagged_pids,
 )
 from fedkit.flower.local.prometheus import Prometheus, Target
+from fedkit.flower.local.proxy import Proxy, ProxyLimits, ProxyTLS, known_keys
 from fedkit.flower.local.staging import AppSource, toml_value
+from fedkit.flower.local.supervisor import RestartPolicy, Supervisor, SupervisorError
 from fedkit.flower.pki import ServerPKI, make_node_key, make_server_pki
 from fedkit.flower.registry import NodeRegistry
 from fedkit.run import checkpoint as ckpt
@@ -101,7 +103,12 @@ class LocalDeployment:
     warm node's launcher and one for the ServerApp (passed as run config ``metrics-port``);
     ``prometheus`` (implies ``metrics``): a Prometheus server scraping them every
     ``scrape_interval`` s (:mod:`fedkit.flower.local.prometheus`, in ``run_dir/prometheus``),
-    stopped with the deployment."""
+    stopped with the deployment. ``restart``: a :class:`~fedkit.flower.local.supervisor.
+    RestartPolicy` under which a :class:`~fedkit.flower.local.supervisor.Supervisor`
+    (``supervisor``, made by :meth:`start`) restarts a crashed SuperLink, ServerApp, node or
+    launcher whenever :meth:`wait` polls, resubmitting the submitted run with ``resume``.
+    ``node_heartbeat``: the nodes' heartbeat interval (fedkit's SuperNode only, i.e.
+    ``node_poll`` set). :meth:`status` retries a failing query for ``status_patience`` s."""
 
     run_dir: Path = attrs.field(converter=Path)
     nodes: int = 3
@@ -132,12 +139,20 @@ class LocalDeployment:
     scrape_interval: float = 1.0
     metrics_port: int = 0  # the ServerApp's metrics endpoint (run config metrics-port)
     prom: Prometheus | None = None
+    proxy: ProxyLimits | None = None  # nodes dial an nginx with these limits (start_proxy)
+    proxy_server: Proxy | None = None
+    restart: RestartPolicy | None = None  # supervise: restart what crashes (supervisor.py)
+    supervisor: Supervisor | None = None
+    node_heartbeat: float | None = 10.0  # nodes' heartbeat interval (s); None: Flower's 30
+    status_patience: float = 30.0  # seconds status() retries a failing query
 
     def __attrs_post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError(f"a deployment needs at least one node, got {self.nodes}")
         if self.insecure and self.auth:
             self.auth = False  # node authentication needs TLS
+        if self.proxy is not None and (self.server_wrap or self.node_wrap):
+            raise ValueError("proxy= runs nginx on this namespace's loopback; no wraps")
         if self.prometheus:
             self.metrics = True
             if self.server_wrap or self.node_wrap:
@@ -176,6 +191,11 @@ class LocalDeployment:
         dial = self.advertise or self.host
         host = f"[{dial}]" if ":" in dial else dial
         return f"{host}:{self.port}"
+
+    @property
+    def node_address(self) -> str:
+        """What SuperNodes dial: the proxy when there is one, else :attr:`address`."""
+        return self.proxy_server.address if self.proxy_server is not None else self.address
 
     def _spawn(self, cmd: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
         out = open(self.run_dir / log, "ab")
@@ -345,7 +365,7 @@ class LocalDeployment:
             *self.node_wrap,
             *supernode,
             "--superlink",
-            self.address,
+            self.node_address,
             "--port",
             str(node.port),
             "--node-config",
@@ -369,6 +389,8 @@ class LocalDeployment:
 
     def node_env(self, node: Node) -> dict[str, str]:
         extra = {} if self.node_poll is None else {fast_supernode.POLL_ENV: str(self.node_poll)}
+        if self.node_poll is not None and self.node_heartbeat is not None:
+            extra[fast_supernode.HEARTBEAT_ENV] = str(self.node_heartbeat)
         return self.env(node.home, **extra)
 
     def launcher_cmd(self, node: Node) -> list[str]:
@@ -397,9 +419,14 @@ class LocalDeployment:
         node = self.node_list[i]
         node.proc = self._spawn(self.node_cmd(node), self.node_env(node), f"node{i}.log")
         if self.warm:
-            node.launcher = self._spawn(
-                self.launcher_cmd(node), self.node_env(node), f"node{i}-launcher.log"
-            )
+            self.start_launcher(i)
+
+    def start_launcher(self, i: int) -> None:
+        """Start node ``i``'s warm launcher (its node running)."""
+        node = self.node_list[i]
+        node.launcher = self._spawn(
+            self.launcher_cmd(node), self.node_env(node), f"node{i}-launcher.log"
+        )
 
     def start(self) -> LocalDeployment:
         """Prepare, start the SuperLink, register the nodes and start them."""
@@ -410,6 +437,8 @@ class LocalDeployment:
             if node.public_key is not None:
                 node.node_id = self.register(node.public_key)
                 provision[node.node_id] = int(node.node_config.get("partition-id", node.index))
+        if self.proxy is not None:
+            self.start_proxy()
         for i in range(self.nodes):
             self.start_node(i)
         if not self.auth:  # no registration: the node ids appear when the nodes connect
@@ -425,7 +454,25 @@ class LocalDeployment:
                 self.scrape_interval,
                 env={**os.environ, MARKER: self.token},  # found by close() like the others
             ).start()
+        if self.restart is not None:
+            self.supervisor = Supervisor(self, self.restart)
         return self
+
+    def start_proxy(self) -> Proxy:
+        """nginx in front of the Fleet API (:mod:`fedkit.flower.local.proxy`, in
+        ``run_dir/proxy``): TLS terminated there with the server certificate and
+        re-encrypted to the SuperLink; with node auth only the registered keys pass."""
+        tls = None if self.insecure else ProxyTLS(self.pki.cert, self.pki.key, self.pki.ca)
+        keys = [(f"node{n.index}", n.public_key) for n in self.node_list if n.public_key]
+        self.proxy_server = Proxy(
+            self.run_dir / "proxy",
+            self.address,
+            self.proxy,
+            tls,
+            known_keys(keys) if self.auth else None,
+            env={**os.environ, MARKER: self.token},
+        ).start()
+        return self.proxy_server
 
     def scrape_targets(self) -> list[Target]:
         """The ServerApp's endpoint (job ``fedkit-server``) and every node's (job
@@ -452,14 +499,20 @@ class LocalDeployment:
         raise DeployError(f"SuperNode {node.index} has no node id after {timeout} s; see {log}")
 
     # ---- runs --------------------------------------------------------------------------
-    def submit(self, run_config: Mapping[str, Any] | None = None) -> int:
+    def submit(self, run_config: Mapping[str, Any] | None = None, watch: bool = True) -> int:
         """Start the app with ``run_config`` overrides (``flwr run``: in-process through
         the Control API where reachable, else the CLI); the run id. The provisioned node
-        registry is passed as ``registry`` unless the run config names one."""
+        registry is passed as ``registry`` unless the run config names one. With a
+        ``supervisor`` (and ``watch``) the run is resubmitted with ``resume`` after a crash."""
+        run_id = self._submit(dict(run_config or {}))
+        if self.supervisor is not None and watch:
+            self.supervisor.watch(run_id, dict(run_config or {}))
+        return run_id
+
+    def _submit(self, run_config: dict[str, Any]) -> int:
         app = self.staged_app or self.source().stage(self.run_dir / "app")
         self.staged_app = app
         path = None
-        run_config = dict(run_config or {})
         if self.registry_path.exists() and "registry" in self.source().config:
             run_config.setdefault("registry", str(self.registry_path))
         if self.metrics_port and "metrics-port" in self.source().config:
@@ -487,26 +540,47 @@ class LocalDeployment:
             raise DeployError(f"flwr run gave no run id: {out[-2000:]}") from None
 
     def status(self, run_id: int) -> str:
-        """The run's status text (``running``, ``finished:completed``, ...)."""
-        if self.reachable:
+        """The run's status text (``running``, ``finished:completed``, ...). A failing
+        query is retried with backoff (0.2 s doubling to 5 s) for ``status_patience`` s,
+        then raises :class:`DeployError` naming the last error."""
+        t0, delay, tries = time.monotonic(), 0.2, 0
+        while True:
+            tries += 1
             try:
-                return self.controller().runs(run_id).get(run_id, "unknown")
-            except Exception as exc:
+                return self._status(run_id)
+            except Exception as exc:  # any failure of the query is retried
                 self.drop_controller()
-                raise DeployError(f"status of run {run_id}: {exc}") from None
+                spent = time.monotonic() - t0
+                if spent + delay > self.status_patience:
+                    raise DeployError(
+                        f"status of run {run_id} failed {tries} times in {spent:.1f} s; last "
+                        f"error: {type(exc).__name__}: {str(exc)[-500:]}"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    def _status(self, run_id: int) -> str:
+        if self.reachable:
+            return self.controller().runs(run_id).get(run_id, "unknown")
         out = self.flwr("ls", FEDERATION, "--run-id", str(run_id), "--format", "json")
         runs = json.loads(out).get("runs", [])
         return str(runs[0]["status"]) if runs else "unknown"
 
     def wait(self, run_id: int, timeout: float = 600.0, poll: float | None = None) -> str:
         """Poll until the run is ``finished:*``; its final status. Default poll: 0.5 s
-        in-process, 3 s through the CLI (each call a Python start)."""
+        in-process, 3 s through the CLI (each call a Python start). With a ``supervisor``
+        each poll ticks it and follows the run's resubmissions."""
         poll = poll if poll is not None else (0.5 if self.reachable else 3.0)
         end = time.monotonic() + timeout
         while True:
             try:
-                status = self.status(run_id)
-            except (DeployError, subprocess.TimeoutExpired):
+                if self.supervisor is not None:
+                    status = self.supervisor.status(run_id)
+                else:
+                    status = self.status(run_id)
+            except (DeployError, subprocess.TimeoutExpired) as exc:
+                if isinstance(exc, SupervisorError):
+                    raise
                 status = "unknown"
             if status.startswith("finished"):
                 return status
@@ -554,6 +628,8 @@ class LocalDeployment:
             with contextlib.suppress(ProcessLookupError):  # stragglers, what the group left
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if self.proxy_server is not None:
+            self.proxy_server.stop()
         if self.superlink is not None:
             stop_group(self.superlink)
         for pid in tagged_pids(self.token):  # detached children (superexec, apps)
@@ -589,11 +665,34 @@ def script(module: Any) -> list[str]:
     return [sys.executable, "-P", str(Path(module.__file__).resolve())]
 
 
-def follow(checkpoint_dir: Path, run_done: Any, every: float = 1.0) -> None:
-    """Print each newly checkpointed round until ``run_done()`` is true."""
-    seen, done = 0, False
+def follow(
+    checkpoint_dir: Path, run_done: Any, every: float = 1.0, patience: float = 120.0
+) -> None:
+    """Print each newly checkpointed round until ``run_done()`` is true. A ``run_done``
+    that raises is retried with backoff (``every`` doubling to 10 s) until it has failed
+    for ``patience`` s in a row; then :class:`DeployError` names the cause
+    (a :class:`~fedkit.flower.local.supervisor.SupervisorError` is not retried)."""
+    seen, done, failing_since, delay = 0, False, None, every
     while not done:
-        done = run_done()
+        try:
+            done = run_done()
+            failing_since, delay = None, every
+        except SupervisorError:
+            raise
+        except Exception as exc:  # a status poll may fail in any way
+            now = time.monotonic()
+            failing_since = failing_since if failing_since is not None else now
+            if now - failing_since + delay > patience:
+                raise DeployError(
+                    f"gave up following the run: its status could not be read for "
+                    f"{now - failing_since:.0f} s; last error: {type(exc).__name__}: {exc}"
+                ) from exc
+            print(
+                f"status check failed ({type(exc).__name__}); retrying in {delay:g} s", flush=True
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+            continue
         rounds = ckpt.rounds_on_disk(checkpoint_dir)
         if rounds and rounds[0] > seen:
             seen = rounds[0]

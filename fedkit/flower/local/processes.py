@@ -83,3 +83,17 @@ def kill_tagged(token: str, home: Path | None = None) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def tagged_commands(token: str, home: Path, name: str) -> list[int]:
+    """The :func:`tagged_pids` of ``token`` and ``home`` whose command line mentions
+    ``name`` (e.g. ``flwr-serverapp``)."""
+    found = []
+    for pid in tagged_pids(token, home):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if name.encode() in cmdline:
+            found.append(pid)
+    return found
