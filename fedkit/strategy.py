@@ -141,6 +141,7 @@ def _chain_reasons(
 
 
 SAMPLING = ("fixed", "poisson")
+WEIGHTING = ("examples", "uniform")
 
 
 @attrs.frozen
@@ -151,7 +152,10 @@ class Strategy:
     includes each client independently with probability ``q = clients_per_round / N``, so
     the number per round varies: the sampling the DP-FedAvg accountant assumes),
     ``quorum`` (minimum accepted replies; 0 = the chain runs even on an empty round, which a
-    DP mechanism needs: it must release noise whether or not anyone took part), ``deadline`` (seconds of simulated latency
+    DP mechanism needs: it must release noise whether or not anyone took part), ``weighting``
+    (the row weights the chain gets: ``"examples"``, each reply's claimed example count, as
+    FedAvg does; ``"uniform"``, 1 per accepted reply, so a client cannot buy weight by
+    claiming more examples), ``deadline`` (seconds of simulated latency
     after which a reply counts as lost), ``stragglers`` and ``max_reply_bytes`` (payload
     limit; default twice a valid update); ``accountant`` (a
     :class:`fedkit.protocols.PrivacyAccountant`, e.g. from ``privacy.budget``) tracks ε per
@@ -162,6 +166,7 @@ class Strategy:
     clients_per_round: int | None = None
     fraction: float | None = None
     sampling: str = attrs.field(default="fixed")
+    weighting: str = "examples"
     quorum: int = 1
     deadline: float | None = None
     stragglers: Stragglers | None = None
@@ -177,6 +182,10 @@ class Strategy:
             raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
         if self.sampling not in SAMPLING:
             raise ValueError(f"Strategy.sampling must be one of {SAMPLING}, got {self.sampling!r}")
+        if self.weighting not in WEIGHTING:
+            raise ValueError(
+                f"Strategy.weighting must be one of {WEIGHTING}, got {self.weighting!r}"
+            )
         if self.quorum < 0:
             raise ValueError(f"quorum must be >= 0, got {self.quorum}")
         if self.deadline is not None and self.deadline <= 0:
@@ -295,7 +304,10 @@ class Strategy:
             )
         weights = torch.zeros(updates.shape[0], dtype=params.dtype, device=params.device)
         weights[rows] = torch.tensor(
-            [float(r.num_examples) for r in check.accepted],
+            [
+                float(r.num_examples) if self.weighting == "examples" else 1.0
+                for r in check.accepted
+            ],
             dtype=params.dtype,
             device=params.device,
         )

@@ -140,3 +140,24 @@ def test_a_lone_component_is_wrapped_in_a_chain():
     assert isinstance(strat().server, fedkit.Chain)
     with pytest.raises(TypeError, match="Chain or component"):
         fedkit.Strategy(server="mean")
+
+
+@given(
+    claimed=st.integers(1, 10**6),
+    honest=st.lists(st.integers(1, 100), min_size=1, max_size=8),
+)
+def test_uniform_weighting_gives_a_client_no_weight_for_claiming_examples(claimed, honest):
+    # an attacker (client 0) pushes +1 on coordinate 0 and claims `claimed` examples
+    replies = [reply(0, [1.0, 0.0], claimed)] + [
+        reply(c, [0.0, 1.0], n) for c, n in enumerate(honest, start=1)
+    ]
+    clients = torch.arange(len(replies))
+    state = strat().init(torch.zeros(2))
+    by_examples, _ = strat().round(state, replies, fedkit.key(0), clients=clients)
+    uniform, _ = strat(weighting="uniform").round(state, replies, fedkit.key(0), clients=clients)
+    n = len(replies)
+    torch.testing.assert_close(uniform.params, torch.tensor([1 / n, (n - 1) / n]))
+    share = claimed / (claimed + sum(honest))
+    torch.testing.assert_close(by_examples.params, torch.tensor([share, 1 - share]))
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        strat(weighting="votes")
