@@ -9,7 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 MARKER = "FEDKIT_DEPLOYMENT"  # env var tagging every process of one deployment
 
@@ -35,6 +38,45 @@ def flower_bin(name: str) -> str:
     if found is None:
         raise DeployError(f"{name} not found next to {sys.executable} nor on PATH")
     return found
+
+
+def spawn_ready(
+    name: str,
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    log: Path,
+    ready: Callable[[], bool],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    poll: float = 0.1,
+    log_hint: Path | None = None,
+) -> tuple[subprocess.Popen, IO[bytes]]:
+    """Start ``command`` in its own session (output appended to ``log``) and wait until
+    ``ready()`` is true; the process and its open log. :class:`DeployError` naming
+    ``name`` and the log to read (``log_hint``, default ``log``) if it exits or is not ready
+    within ``timeout`` s (it is then stopped)."""
+    out = open(log, "ab")
+    proc = subprocess.Popen(
+        list(command),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+    )
+    end = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            out.close()
+            raise DeployError(f"{name} exited with {proc.returncode}; see {log_hint or log}")
+        if ready():
+            return proc, out
+        if time.monotonic() > end:
+            stop_group(proc)
+            out.close()
+            raise DeployError(f"{name} not ready after {timeout} s; see {log_hint or log}")
+        time.sleep(poll)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:

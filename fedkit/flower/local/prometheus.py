@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from fedkit.flower.local.processes import DeployError, free_port, stop_group
+from fedkit.flower.local.processes import DeployError, free_port, spawn_ready, stop_group
 
 
 @attrs.frozen
@@ -102,29 +102,23 @@ class Prometheus:
         (self.directory / "prometheus.yml").write_text(json.dumps(config, indent=1))
         if self.port == 0:
             self.port = free_port(self.host)
-        self.log = open(self.directory / "prometheus.log", "ab")
-        self.proc = subprocess.Popen(
+        self.proc, self.log = spawn_ready(
+            "prometheus",
             self.command(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
             cwd=self.directory,
-            env=None if self.env is None else dict(self.env),
+            log=self.directory / "prometheus.log",
+            ready=self._ready,
+            timeout=timeout,
+            env=self.env,
+            poll=0.2,
         )
-        end = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise DeployError(
-                    f"prometheus exited with {self.proc.returncode}; see "
-                    f"{self.directory / 'prometheus.log'}"
-                )
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            if time.monotonic() > end:
-                raise DeployError(f"prometheus not ready after {timeout} s at {self.url}")
-            time.sleep(0.2)
+        return self
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
+                return r.status == 200
+        return False
 
     def api(self, path: str, **params: Any) -> Any:
         """``data`` of a Prometheus HTTP API answer (``/api/v1/<path>``)."""

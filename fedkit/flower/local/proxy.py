@@ -46,7 +46,7 @@ from typing import Any
 
 import attrs
 
-from fedkit.flower.local.processes import DeployError, free_port, stop_group
+from fedkit.flower.local.processes import DeployError, free_port, spawn_ready, stop_group
 
 CHUNK = 5 * 1024 * 1024  # Flower's largest array chunk (FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE)
 
@@ -381,27 +381,24 @@ class Proxy:
         """Write and check the config, start nginx and wait until its port accepts."""
         self.write()
         self.check()
-        self.log = open(self.directory / "nginx.out", "ab")
-        self.proc = subprocess.Popen(
+        self.proc, self.log = spawn_ready(
+            "nginx",
             self.command(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
             cwd=self.directory,
-            env=None if self.env is None else dict(self.env),
+            log=self.directory / "nginx.out",
+            ready=self._listening,
+            timeout=timeout,
+            env=self.env,
+            poll=0.05,
+            log_hint=self.directory / "error.log",
         )
-        end = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise DeployError(
-                    f"nginx exited with {self.proc.returncode}; see {self.directory / 'error.log'}"
-                )
-            with contextlib.suppress(OSError):
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return self
-            if time.monotonic() > end:
-                raise DeployError(f"nginx not listening after {timeout} s on {self.address}")
-            time.sleep(0.05)
+        return self
+
+    def _listening(self) -> bool:
+        with contextlib.suppress(OSError):
+            with socket.create_connection((self.host, self.port), timeout=1):
+                return True
+        return False
 
     def allow(self, keys: Mapping[str, str]) -> None:
         """Add node keys (header value -> name) to the filter and reload nginx (SIGHUP: new
