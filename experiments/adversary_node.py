@@ -26,7 +26,9 @@ import torch
 from experiments.build import Experiment, build
 from fedkit.core.keys import key as root_key
 from fedkit.flower.client import HonestClient, Trained
+from fedkit.flower.node_state import keep_momentum, momentum_before
 from fedkit.flower.requests import TrainRequest
+from fedkit.run.client_state import ClientStates
 from fedkit.run.plan import RunKeys, plan_round
 from fedkit.simulation import SequentialEngine
 from fedkit.simulation.transport import train_planned
@@ -45,6 +47,7 @@ class AdversaryClient:
     honest: HonestClient
     keys: RunKeys = attrs.field(init=False)
     controlled: torch.Tensor = attrs.field(init=False)
+    node_state: Any = None  # Flower's Context.state, set per message (worker momentum)
 
     def __attrs_post_init__(self) -> None:
         self.keys = RunKeys.of(root_key(self.exp.seed))
@@ -64,6 +67,7 @@ class AdversaryClient:
 
     def train(self, request: TrainRequest, params: torch.Tensor) -> Any:
         if request.client not in set(self.controlled.tolist()):
+            self.honest.node_state = self.node_state
             return self.honest.train(request, params)
         exp = self.exp
         state = ServerState(round=request.round - 1, params=params, chain_state=None)
@@ -76,8 +80,28 @@ class AdversaryClient:
                 "one the adversary's copy of the experiment derives (another seed or config)"
             )
         row = plan.clients.tolist().index(request.client)
+        n = int(exp.task.num_clients)
+        momentum = None
+        if exp.strategy.client.worker_momentum > 0:  # replay every client's momentum
+            before = momentum_before(self.node_state, request.round)
+            states = ClientStates(momentum=before)
+            momentum = states.momentum_rows(plan.clients, n, params)
         local, updates = train_planned(
-            exp.task, exp.strategy, exp.adversary, SequentialEngine(), params, plan
+            exp.task,
+            exp.strategy,
+            exp.adversary,
+            SequentialEngine(),
+            params,
+            plan,
+            momentum,
+            controlled=self.controlled,
         )
+        if momentum is not None:
+            trained = torch.nonzero(local.trained).flatten()
+            after = states.with_rows(plan.clients[trained], local.updates[trained], n)
+            full_before = (
+                states.momentum if states.momentum is not None else torch.zeros_like(after.momentum)
+            )
+            keep_momentum(self.node_state, request.round, full_before, after.momentum)
         metrics = {"loss": float(local.loss[row]), "steps": float(local.steps[row])}
         return Trained(updates[row].clone(), int(local.num_examples[row]), metrics, request.client)

@@ -8,7 +8,9 @@ becomes the privacy group's fixed-denominator ``reducer`` and clients are Poisso
 quorum 0, see :func:`experiments.dp.with_chain_status`), a DP component's
 ``expected_clients: null`` becomes the number of clients sampled per round, client DP-SGD
 (``privacy=dpsgd``) goes into the client config, and the privacy accountant (ε per round,
-the stop at ``privacy.target_epsilon``) onto the strategy.
+the stop at ``privacy.target_epsilon``) onto the strategy. A chain with a trust anchor
+(FLTrust, MoNNA with the server pivot) gets ``strategy.root_examples`` =
+:data:`ROOT_EXAMPLES` unless the config sets it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import dp
 from fedkit import Strategy, chain
 from fedkit.core.components import Component, Role
+from fedkit.filters.bucketing import check_bucketed_reducer
 from fedkit.protocols import DPUnitTask
+
+ROOT_EXAMPLES = 100  # the server's root dataset when a trust anchor needs one (FLTrust)
 
 
 @attrs.frozen(eq=False)
@@ -111,8 +116,15 @@ def build(cfg: DictConfig | Mapping[str, Any], *, task: Any = None) -> Experimen
         # nominal chain keeps its quorum: a robust reducer needs its rows, and the ε is not
         # proven there anyway)
         sampling = attrs.evolve(sampling, quorum=0)
+    # bucket counts against the reducer's row rule, with the clients sampled per round
+    per_round = sampling.num_sampled(int(task.num_clients))
+    server_chain = check_bucketed_reducer(chain(*components), per_round)
+    if server_chain.needs_reference and sampling.root_examples is None:
+        # a trust anchor (FLTrust, MoNNA's server pivot): the server's own root data, the
+        # size Cao et al. 2021 use, unless the config says otherwise
+        sampling = attrs.evolve(sampling, root_examples=ROOT_EXAMPLES)
     strategy = attrs.evolve(
-        sampling, client=client, server=chain(*components), accountant=privacy.accountant()
+        sampling, client=client, server=server_chain, accountant=privacy.accountant()
     )
     return Experiment(
         task=task,

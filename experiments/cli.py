@@ -18,6 +18,8 @@ commands:
                                 fedkit run task=digits server=krum attack=alie chaos=dropout seed=1
                               or a multirun (joblib launcher, 2 jobs at a time):
                                 fedkit run -m seed=0,1,2 server=mean,krum
+                              on any Hydra launcher (docs/sweeps.md): hydra/launcher=
+                                basic | submitit_local | slurm | ray_cluster
                               (Hydra's flags work: --help, --cfg job, --info, ...)
   bench [--quick] [--out DIR] [--jobs N] [--sweep FILE] [OVERRIDE ...]
                               the default benchmark: runs, TensorBoard logs, tables, figures
@@ -26,8 +28,9 @@ commands:
                               (TLS + node auth by default), e.g.
                                 fedkit deploy local --nodes 5 task=digits defense=krum \
                                   attack=sign_flip rounds=3 out_dir=runs/krum
-  deploy sim [--nodes N] [--cpus C] [OVERRIDE ...]
-                              the same config on Flower's simulation engine (Ray)
+  deploy sim [--nodes N] [--cpus C] [--ray-address HOST:PORT] [OVERRIDE ...]
+                              the same config on Flower's simulation engine (Ray; a
+                              running Ray cluster with --ray-address)
   tables RESULTS_DIR [--out DIR] [--no-figures]
                               LaTeX / Markdown / CSV tables and PDF / PNG figures from records
   audit privacy [OVERRIDE ...] [--method both|one-run|many-run] [--broken-example] [...]

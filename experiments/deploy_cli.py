@@ -96,6 +96,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sim.add_argument("--nodes", type=int, default=3, help="number of simulated SuperNodes")
     sim.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use")
     sim.add_argument("--cpus-per-client", type=float, default=1.0)
+    sim.add_argument(
+        "--ray-address",
+        default=None,
+        help="attach to this running Ray cluster (HOST:PORT of `ray start --head`, or auto) "
+        "instead of starting Ray; --cpus is then the cluster's (docs/sweeps.md)",
+    )
     for p in (local, sim):
         p.add_argument("overrides", nargs="*", help="config overrides, as for fedkit run")
     return parser.parse_args(argv)
@@ -274,6 +280,7 @@ def deploy_sim(args: argparse.Namespace) -> int:
         num_supernodes=args.nodes,
         num_cpus=args.cpus,
         cpus_per_client=args.cpus_per_client,
+        ray_address=args.ray_address,
     )
     record = json.loads((out / "record.json").read_text())
     ran, wanted = len(record.get("metrics", [])), int(cfg["rounds"])

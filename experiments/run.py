@@ -2,9 +2,10 @@
 A deployment of the same config (``experiments.flower_app``) writes the same record.
 
 ``fedkit run`` is :func:`hydra_main` (Hydra's command line: overrides, ``-m`` multirun with
-the joblib launcher); ``fedkit bench`` calls :func:`run_experiment` directly for each point of
-its grid. The record is the one the run driver writes (``fedkit.run/1``, see
-:mod:`fedkit.run.records`) plus three sections the paper pipeline reads
+the joblib launcher, or any launcher with ``hydra/launcher=...``: docs/sweeps.md); ``fedkit
+bench`` calls :func:`run_experiment` directly for each point of its grid. The record is the
+one the run driver writes (``fedkit.run/1``, see :mod:`fedkit.run.records`) plus three
+sections the paper pipeline reads
 (:func:`record_extras`):
 
 * ``labels``: ``task``, ``defense``, ``attack``, ``chaos``, ``privacy``, ``seed`` — the names
@@ -177,18 +178,18 @@ def tracing_callback(section: Any, out: Path) -> Any:
 
 
 def backdoor_metrics(adversary: Any, task: Any, params: torch.Tensor) -> dict[str, float]:
-    """``{"backdoor_success": rate}`` when ``adversary`` poisons data with a
-    :class:`attacks.Backdoor` (the final model's rate of classifying triggered test images of
-    other classes as the target, :func:`attacks.backdoor_success_rate`), else ``{}``."""
-    from attacks import Backdoor, backdoor_success_rate
+    """``{"backdoor_success": rate}`` when ``adversary`` poisons data with a backdoor
+    (:class:`attacks.Backdoor`, :class:`attacks.DBA` with its full trigger): the final model's
+    rate of classifying triggered test images of other classes as the target (the
+    adversary's ``evaluate``, the per-round ``attack_success_rate``), else ``{}``."""
+    from attacks import DBA, Backdoor
 
     poison = getattr(adversary, "poison", None)
-    if not isinstance(poison, Backdoor):
+    evaluate = getattr(adversary, "evaluate", None)
+    if not isinstance(poison, Backdoor | DBA) or evaluate is None:
         return {}
-    rate = backdoor_success_rate(
-        lambda x: task.apply(params, x), task.test_x, task.test_y, poison.trigger, poison.target
-    )
-    return {"backdoor_success": rate}
+    rate = evaluate(task, params).get("attack_success_rate")
+    return {} if rate is None else {"backdoor_success": rate}
 
 
 def describe_result(record: Mapping[str, Any]) -> str:

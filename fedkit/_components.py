@@ -8,7 +8,9 @@ like the algorithms it composes. The kernels themselves live in ``fedkit.aggrega
 
 from fedkit.aggregators import (
     CAF,
+    FLAME,
     MDA,
+    RLR,
     SMEA,
     Bulyan,
     CenteredClipping,
@@ -25,7 +27,7 @@ from fedkit.aggregators import (
     SignGuard,
     TrimmedMean,
 )
-from fedkit.filters import ARC, NNM, Bucketing, Clip, KrumSelect, Sanitize
+from fedkit.filters import ARC, NNM, Bucketing, Clip, FLDetector, FoolsGold, KrumSelect, Sanitize
 from fedkit.optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerLR
 
 # reducers
@@ -46,6 +48,8 @@ dnc = DnC
 clipped_clustering = ClippedClustering
 sign_guard = SignGuard
 fltrust = FLTrust
+flame = FLAME
+rlr = RLR
 # transforms
 clip = Clip
 arc = ARC
@@ -53,6 +57,8 @@ nnm = NNM
 bucketing = Bucketing
 sanitize = Sanitize
 krum_select = KrumSelect
+foolsgold = FoolsGold
+fldetector = FLDetector
 # server transforms
 server_lr = ServerLR
 fedavgm = FedAvgM
@@ -78,8 +84,10 @@ REDUCERS = (
     ClippedClustering,
     SignGuard,
     FLTrust,
+    FLAME,
+    RLR,
 )
-TRANSFORMS = (Clip, ARC, NNM, Bucketing, Sanitize, KrumSelect)
+TRANSFORMS = (Clip, ARC, NNM, Bucketing, Sanitize, KrumSelect, FoolsGold, FLDetector)
 SERVER_TRANSFORMS = (ServerLR, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations",)]

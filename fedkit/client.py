@@ -78,8 +78,13 @@ class ClientConfig:
     ``dp_sgd`` client DP-SGD (a :class:`fedkit.protocols.DPSGDSetting`, e.g.
     ``privacy.dpsgd.DPSGD``; its ``batch_size`` replaces ``batch_size`` and batches are
     Poisson-sampled; its ``backend``, one of :data:`DP_BACKENDS`, picks how per-example
-    gradients are taken).
-    FedProx: Li et al. 2020, "Federated Optimization in Heterogeneous Networks".
+    gradients are taken); ``worker_momentum`` β: what a client sends is its momentum over
+    rounds, ``m_c ← β m_c + (1 − β) Δ_c`` (``m_c`` starts at 0 and persists for every
+    client between the rounds it is sampled in: :mod:`fedkit.run.client_state`), not its
+    raw update ``Δ_c``; 0 sends the update.
+    FedProx: Li et al. 2020, "Federated Optimization in Heterogeneous Networks". Worker
+    momentum: Karimireddy, He, Jaggi 2021, "Learning from History for Byzantine Robust
+    Optimization" (ICML).
     """
 
     epochs: int = attrs.field(default=1, validator=_positive)
@@ -92,12 +97,17 @@ class ClientConfig:
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=tuple)
     eps: float = attrs.field(default=1e-8, validator=_positive)
     prox_mu: float = attrs.field(default=0.0, validator=_non_negative)
+    worker_momentum: float = attrs.field(default=0.0, validator=_non_negative)
     shuffle: bool = True
     dp_sgd: Any = attrs.field(default=None, validator=_dp_setting)
 
     def __attrs_post_init__(self) -> None:
         if self.momentum >= 1:
             raise ValueError(f"ClientConfig.momentum must be < 1, got {self.momentum}")
+        if self.worker_momentum >= 1:
+            raise ValueError(
+                f"ClientConfig.worker_momentum must lie in [0, 1), got {self.worker_momentum}"
+            )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"ClientConfig.betas must be two numbers in [0, 1), got {self.betas}")
 

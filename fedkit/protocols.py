@@ -105,6 +105,7 @@ class FaultKind(StrEnum):
     CORRUPT = "corrupt"  # the payload is damaged (NaN/Inf, truncated, wrong dtype, bytes)
     STALE = "stale"  # an update from an earlier round is replayed
     DUPLICATE = "duplicate"  # the reply arrives twice
+    STALE_CONTENT = "stale_content"  # current round tag, an earlier round's update inside
 
 
 @attrs.frozen

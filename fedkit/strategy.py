@@ -23,7 +23,7 @@ import attrs
 import torch
 
 from fedkit.client import ClientConfig
-from fedkit.core.components import Chain, Component, Info, chain
+from fedkit.core.components import Chain, Component, Info, RoundContext, chain
 from fedkit.core.keys import Key, choice, randint, split, uniform
 from fedkit.protocols import PrivacyAccountant
 from fedkit.replies import Reply, Validation, Verdict, validate
@@ -157,7 +157,11 @@ class Strategy:
     FedAvg does; ``"uniform"``, 1 per accepted reply, so a client cannot buy weight by
     claiming more examples), ``deadline`` (seconds of simulated latency
     after which a reply counts as lost), ``stragglers`` and ``max_reply_bytes`` (payload
-    limit; default twice a valid update); ``accountant`` (a
+    limit; default twice a valid update); ``root_examples`` (a trust anchor: the number of
+    clean examples the server holds as its own root dataset, drawn once per run by the run
+    driver; each round the server trains the global model on them like a client and hands
+    the update to the chain as ``context.reference``, for FLTrust and MoNNA's pivot;
+    required when a chain component reads it); ``accountant`` (a
     :class:`fedkit.protocols.PrivacyAccountant`, e.g. from ``privacy.budget``) tracks ε per
     round and stops a run before it exceeds its target."""
 
@@ -171,6 +175,7 @@ class Strategy:
     deadline: float | None = None
     stragglers: Stragglers | None = None
     max_reply_bytes: int | None = None
+    root_examples: int | None = None
     accountant: Any = None
 
     def __attrs_post_init__(self) -> None:
@@ -190,6 +195,25 @@ class Strategy:
             raise ValueError(f"quorum must be >= 0, got {self.quorum}")
         if self.deadline is not None and self.deadline <= 0:
             raise ValueError(f"deadline must be positive seconds, got {self.deadline}")
+        if self.root_examples is not None and (
+            isinstance(self.root_examples, bool)
+            or not isinstance(self.root_examples, int)
+            or self.root_examples < 1
+        ):
+            raise ValueError(
+                f"Strategy.root_examples must be an int >= 1 or None, got {self.root_examples!r}"
+            )
+        if self.server.needs_reference and self.root_examples is None:
+            users = [
+                type(c).__name__
+                for c in self.server.components
+                if getattr(c, "needs_reference", False)
+            ]
+            raise ValueError(
+                f"the server chain's {', '.join(users)} compares clients with the server's own "
+                "update on trusted root data: give Strategy(root_examples=N) (Cao et al. 2021 "
+                "use N = 100 clean examples)"
+            )
         if self.accountant is not None and not isinstance(self.accountant, PrivacyAccountant):
             raise TypeError(
                 f"Strategy.accountant {type(self.accountant).__name__} does not implement "
@@ -255,9 +279,14 @@ class Strategy:
         key: Key,
         *,
         clients: torch.Tensor | None = None,
+        num_clients: int | None = None,
+        reference: torch.Tensor | None = None,
     ) -> tuple[ServerState, RoundInfo]:
         """One aggregation step (pure). ``clients``: the sampled ids, which fixes the rows
-        of ``U``; without it the rows are the accepted senders in arrival order."""
+        of ``U``; without it the rows are the accepted senders in arrival order.
+        ``num_clients`` (the federation's size; default: the largest id seen + 1) and
+        ``reference`` (the server's root-data update) go to the chain's
+        :class:`~fedkit.core.components.RoundContext`."""
         current = state.round + 1
         params = state.params
         d = params.numel()
@@ -311,7 +340,22 @@ class Strategy:
             dtype=params.dtype,
             device=params.device,
         )
-        step, chain_state, chain_info = self.server(updates, weights, state.chain_state, key)
+        row_clients = torch.full((updates.shape[0],), -1, dtype=torch.int64)
+        row_clients[: len(order)] = torch.tensor(order, dtype=torch.int64)
+        if reference is not None and tuple(reference.shape) != (d,):
+            raise ValueError(
+                f"Strategy.round: reference must have shape ({d},), got {tuple(reference.shape)}"
+            )
+        context = RoundContext(
+            round=current,
+            clients=row_clients,
+            num_clients=(max(order, default=-1) + 1) if num_clients is None else num_clients,
+            params=params,
+            reference=None if reference is None else reference.to(params),
+        )
+        step, chain_state, chain_info = self.server(
+            updates, weights, state.chain_state, key, context=context
+        )
         for reason, mask in chain_info.get("rejected", {}).items():
             rejected[reason] = rejected.get(reason, 0) + int(mask.sum())
         accepted_mask = chain_info.get("accepted", weights > 0)

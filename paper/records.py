@@ -11,6 +11,7 @@ updates lost, the accuracy curve, the backdoor success rate of a backdoor attack
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -59,6 +60,8 @@ class Run:
     curve: tuple[tuple[int, float], ...]
     backdoor: float | None = None
     privacy_status: str = "none"  # none | sound | nominal | unknown (a record before statuses)
+    tpr: float | None = None  # poisoned replies the server rejected / those that reached it
+    fpr: float | None = None  # honest replies rejected / honest replies that reached it
 
     @property
     def lost_fraction(self) -> float | None:
@@ -148,6 +151,8 @@ def to_run(record: Mapping[str, Any], path: str = "") -> Run:
         lost=_lost(record.get("counters") or {}),
         curve=_curve(metrics),
         backdoor=(record.get("final") or {}).get("backdoor_success"),
+        tpr=((record.get("counters") or {}).get("detection") or {}).get("tpr"),
+        fpr=((record.get("counters") or {}).get("detection") or {}).get("fpr"),
         privacy_status=str(
             privacy.get("status") or ("unknown" if privacy.get("epsilon") is not None else "none")
         ),
@@ -158,14 +163,37 @@ def is_record(data: Any) -> bool:
     return isinstance(data, Mapping) and str(data.get("format", "")).startswith(FORMAT_PREFIX)
 
 
+# Directories a sweep leaves beside its records that never hold one: Hydra's per-job config
+# copies and submitit's pickles and logs (``<sweep dir>/.submitit/<job id>``).
+SKIP_DIRS = frozenset({".hydra", ".submitit"})
+
+
+def record_paths(results_dir: str | Path) -> list[Path]:
+    """The ``*.json`` files under ``results_dir`` that may be run records, in path order:
+    a multirun of any Hydra launcher (``<sweep dir>/<job num>/record.json`` of basic, joblib,
+    submitit or Ray jobs), a ``fedkit bench`` tree, ``fedkit deploy`` out dirs. Not entered:
+    :data:`SKIP_DIRS`, Ray temporary directories (the ``session_*`` trees of logs and sockets
+    beside ``session_latest``, which change while Ray runs) and symbolic links to
+    directories; a directory removed while it is read is passed over."""
+    found: list[Path] = []
+    for current, dirs, files in os.walk(results_dir):
+        if "session_latest" in dirs:  # a Ray temporary directory
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        found.extend(Path(current) / f for f in files if f.endswith(".json"))
+    return sorted(found)
+
+
 def load_runs(results_dir: str | Path) -> list[Run]:
-    """Every run record (``*.json`` with a ``fedkit.run/…`` format) under ``results_dir``,
-    in path order; other JSON files are skipped."""
+    """Every run record (``*.json`` with a ``fedkit.run/…`` format) under ``results_dir``
+    (:func:`record_paths`), in path order; other JSON files, and files still being written,
+    are skipped."""
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"results directory {root} does not exist")
     runs = []
-    for path in sorted(root.rglob("*.json")):
+    for path in record_paths(root):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

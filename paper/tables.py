@@ -10,7 +10,9 @@
 (d) :func:`worst_case` — one per task and fault setting: each defense's accuracy without
     attack and under its most damaging attack (lowest mean over seeds), and that attack.
 (e) :func:`backdoor` — one per task and fault setting, for runs with a backdoor success
-    rate: clean accuracy and backdoor success per defense.
+    rate: clean accuracy and attack success rate per defense and backdoor attack.
+(f) :func:`detection` — one per task and fault setting, for attacked runs: the server's
+    true- and false-positive rates per defense and attack (``counters.detection``).
 
 Rows and columns follow ``order`` (a dict of preferred orders for ``defense``, ``attack``,
 ``chaos``, ``task``), then ``none`` first, then alphabetical. A defense run at several noise levels
@@ -270,32 +272,72 @@ def worst_case(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
 
 
 def backdoor(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
-    """Table (e), one per (task, fault setting) with backdoor success rates."""
+    """Table (e), one per (task, fault setting) with backdoor success rates: per defense
+    (rows) and backdoor attack (pairs of columns), the clean accuracy and the attack success
+    rate (ASR)."""
     order = order or {}
     tables = []
     for task, chaos, group in _blocks([r for r in runs if r.backdoor is not None], order):
-        members = group_by(group, lambda r: (r.defense, r.noise_multiplier))
-        rows = [
-            [
-                label,
-                Stat.of(r.accuracy for r in members[(d, z)]),
-                Stat.of(r.backdoor for r in members[(d, z)]),
-            ]
-            for d, z, label in defense_rows(group, order)
-        ]
+        attacks = ordered({r.attack for r in group}, order.get("attack", ()))
+        cells = group_by(group, lambda r: (r.defense, r.noise_multiplier, r.attack))
+        rows, stats = [], []
+        for d, z, label in defense_rows(group, order):
+            row: list[Any] = [label]
+            for a in attacks:
+                members = cells.get((d, z, a), [])
+                pair = (Stat.of(r.accuracy for r in members), Stat.of(r.backdoor for r in members))
+                row += pair
+                stats += pair
+            rows.append(row)
         caption = (
-            f"Backdoor attack on {task} with faults: {chaos}: final test accuracy (%) on clean "
-            "test images and backdoor success (%, triggered test images of other classes "
-            f"classified as the target), mean ± std {_seeds_phrase(r[2] for r in rows)}; best "
-            "per column in bold."
+            f"Backdoor attacks on {task} with faults: {chaos}: per attack, final test accuracy "
+            "(%) on clean test images and attack success rate (ASR, %: triggered test images "
+            f"of other classes classified as the target), mean ± std {_seeds_phrase(stats)}; "
+            "best per column in bold."
         )
-        columns = [
-            Column("Defense", kind="text"),
-            Column("Clean accuracy (%)", better="max", scale=PERCENT),
-            Column("Backdoor success (%)", better="min", scale=PERCENT),
-        ]
+        columns = [Column("Defense", kind="text")]
+        for a in attacks:
+            columns += [
+                Column(f"{a} clean (%)", better="max", scale=PERCENT),
+                Column(f"{a} ASR (%)", better="min", scale=PERCENT),
+            ]
         group_names = (("Task", task), ("Faults", chaos))
         tables.append(Table(f"backdoor_{task}_{chaos}", caption, columns, rows, group_names))
+    return tables
+
+
+def detection(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (f), one per (task, fault setting) with attacked runs that count detections:
+    per defense (rows) and attack, the true-positive rate (poisoned replies the server
+    rejected, %) and the false-positive rate (honest replies rejected, %)."""
+    order = order or {}
+    tables = []
+    counted = [r for r in runs if r.attack != "none" and (r.tpr is not None or r.fpr is not None)]
+    for task, chaos, group in _blocks(counted, order):
+        attacks = ordered({r.attack for r in group}, order.get("attack", ()))
+        cells = group_by(group, lambda r: (r.defense, r.noise_multiplier, r.attack))
+        rows, stats = [], []
+        for d, z, label in defense_rows(group, order):
+            row: list[Any] = [label]
+            for a in attacks:
+                members = cells.get((d, z, a), [])
+                for value in (Stat.of(r.tpr for r in members), Stat.of(r.fpr for r in members)):
+                    row.append(value)
+                    stats.append(value)
+            rows.append(row)
+        caption = (
+            f"Detection on {task} with faults: {chaos}: per attack, TPR = poisoned replies the "
+            "server rejected (or gave zero weight) over poisoned replies that reached it, FPR = "
+            f"honest replies rejected over honest replies, in %, mean ± std {_seeds_phrase(stats)}."
+        )
+        columns = [Column("Defense", kind="text")]
+        for a in attacks:
+            columns += [
+                Column(f"{a} TPR", better="max", scale=PERCENT),
+                Column(f"{a} FPR", better="min", scale=PERCENT),
+            ]
+        group_names = (("Task", task), ("Faults", chaos))
+        tables.append(Table(f"detection_{task}_{chaos}", caption, columns, rows, group_names))
     return tables
 
 
@@ -305,4 +347,5 @@ KINDS: dict[str, Callable[[Sequence[Run], Order | None], list[Table]]] = {
     "fault_survival": fault_survival,
     "worst_case": worst_case,
     "backdoor": backdoor,
+    "detection": detection,
 }

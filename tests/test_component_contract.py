@@ -28,6 +28,7 @@ ARGS = {
     fedkit.Bucketing: {"s": 2},
     fedkit.KrumSelect: {"f": 2, "m": 4},
     fedkit.ServerLR: {"lr": 0.5},
+    fedkit.RLR: {"threshold": 4},
 }
 ALL = [*fedkit.REDUCERS, *fedkit.TRANSFORMS, *fedkit.SERVER_TRANSFORMS]
 
@@ -45,9 +46,25 @@ def _inputs(cls):
     return u, w
 
 
-def _call(comp, u, w, key):
+def _context(n: int, d: int) -> fedkit.RoundContext:
+    """A round's context for components that read one (client ids, global parameters and
+    the server's root-data update, all fixed)."""
+    k = fedkit.key(11)
+    return fedkit.RoundContext(
+        round=3,
+        clients=torch.arange(n, dtype=torch.int64) * 2,
+        num_clients=2 * n,
+        params=fedkit.normal(fedkit.fold_in(k, 0), (d,)),
+        reference=fedkit.normal(fedkit.fold_in(k, 1), (d,)),
+    )
+
+
+def _call(comp, u, w, key, state=None):
     d = u.shape[-1]
-    return comp(u, w, comp.init(d), key)
+    state = comp.init(d) if state is None else state
+    if getattr(comp, "uses_context", False):
+        return comp(u, w, state, key, context=_context(N, d))
+    return comp(u, w, state, key)
 
 
 def _flat(out):
@@ -82,8 +99,8 @@ def test_state_round_trips(cls):
     a, b = tree.encode(state)[1], tree.encode(again)[1]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # continuing from the decoded state gives the same next step
-    out_a, _, _ = comp(u, w, state, fedkit.key(4))
-    out_b, _, _ = comp(u, w, again, fedkit.key(4))
+    out_a, _, _ = _call(comp, u, w, fedkit.key(4), state)
+    out_b, _, _ = _call(comp, u, w, fedkit.key(4), again)
     assert torch.equal(_flat(out_a), _flat(out_b))
 
 

@@ -46,7 +46,9 @@ class PixelTrigger:
 
 
 def stamp(x: torch.Tensor, trigger: PixelTrigger) -> torch.Tensor:
-    """Images ``x[..., H, W]`` with the trigger's pixels set to its value (a new tensor)."""
+    """Images ``x[..., H, W]`` with the trigger's pixels set to its value (a new tensor).
+    Any trigger with ``mask(height, width, device)`` and ``value`` works (e.g. the DBA
+    triggers of :mod:`attacks.data.dba`)."""
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
         raise ValueError("stamp: images must be a tensor [..., H, W]")
     mask = trigger.mask(x.shape[-2], x.shape[-1], device=x.device)

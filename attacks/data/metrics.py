@@ -1,4 +1,5 @@
-"""Metrics of data poisoning: clean accuracy and backdoor success rate."""
+"""Metrics of data poisoning: clean accuracy, backdoor success rate, label-flip success rate,
+and :func:`attack_success_rate`, the one an adversary reports for its poison."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from attacks.data._common import check_class, check_labels
 from attacks.data.backdoor import PixelTrigger, stamp
+from attacks.data.label_flip import LabelFlip
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -80,3 +82,68 @@ def backdoor_success_rate(
     stamped = stamp(x_test.index_select(0, index.to(x_test.device)), trigger)
     pred = predict_labels(predict_fn, stamped, batch_size=batch_size)
     return float((pred == target).double().mean())
+
+
+def label_flip_success_rate(
+    predict_fn: PredictFn,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    relabel: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int | None = None,
+) -> float:
+    """Fraction of the test examples whose label ``relabel`` changes that the model
+    classifies as the changed label: for a targeted flip ``source → target``, the rate of
+    source-class examples classified as the target; for a permutation, the rate at which the
+    model outputs the flipped class.
+
+    Tolpegin et al. 2020, Data Poisoning Attacks Against Federated Learning Systems (ESORICS).
+    """
+    y_test = check_labels(y_test, "label_flip_success_rate")
+    if x_test.shape[0] != y_test.shape[0]:
+        raise ValueError(
+            f"label_flip_success_rate: {x_test.shape[0]} inputs but {y_test.shape[0]} labels"
+        )
+    flipped = relabel(y_test)
+    index = torch.nonzero(flipped != y_test).flatten()
+    if index.numel() == 0:
+        raise ValueError(
+            "label_flip_success_rate: the flip changes no test label; the rate is undefined"
+        )
+    pred = predict_labels(
+        predict_fn, x_test.index_select(0, index.to(x_test.device)), batch_size=batch_size
+    )
+    return float((pred.to(y_test.device) == flipped.index_select(0, index)).double().mean())
+
+
+def attack_success_rate(
+    poison: object,
+    predict_fn: PredictFn,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    batch_size: int | None = 4096,
+) -> float | None:
+    """The attack success rate of a data poison on a test set, or None when it has none:
+
+    * a trigger poison (:class:`Backdoor`, :class:`DBA`: it has ``trigger`` and ``target``):
+      :func:`backdoor_success_rate` with its whole trigger (DBA: the global one);
+    * :class:`LabelFlip`: :func:`label_flip_success_rate` with its flip;
+    * anything else, or a test set on which the rate is undefined (every label is the
+      target, or the flip changes none): None.
+    """
+    y_test = check_labels(y_test, "attack_success_rate")
+    if hasattr(poison, "trigger") and hasattr(poison, "target"):
+        if not bool((y_test != poison.target).any()):
+            return None
+        return backdoor_success_rate(
+            predict_fn, x_test, y_test, poison.trigger, poison.target, batch_size=batch_size
+        )
+    if isinstance(poison, LabelFlip):
+        flipped = poison(x_test, y_test)[1]
+        if not bool((flipped != y_test).any()):
+            return None
+        return label_flip_success_rate(
+            predict_fn, x_test, y_test, lambda y: poison(x_test, y)[1], batch_size=batch_size
+        )
+    return None

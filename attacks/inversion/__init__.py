@@ -6,7 +6,7 @@ Attacks (pure functions of the model, the parameters sent, the observation and a
 last layer first, :func:`idlg_labels`), :func:`inverting_gradients` (cosine + total
 variation, signed Adam, restarts). Victim-side helpers build observations
 (:func:`client_gradient`, :func:`client_update`); :mod:`.metrics` scores a
-:class:`Reconstruction` (MSE, PSNR, SSIM, label accuracy after the best matching) and
+:class:`Reconstruction` (MSE, PSNR and its distribution, SSIM, label accuracy after the best matching) and
 :func:`save_grid` draws originals above reconstructions.
 """
 
@@ -33,6 +33,7 @@ from attacks.inversion.metrics import (
     match,
     mse,
     psnr,
+    psnr_distribution,
     ssim,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "match",
     "mse",
     "psnr",
+    "psnr_distribution",
     "save_grid",
     "ssim",
     "total_variation",

@@ -71,14 +71,20 @@ def idlg(
     lr: float = 1.0,
     history_size: int = 100,
     restarts: int = 1,
+    line_search: str | None = None,
+    tolerance_grad: float = 0.0,
+    tolerance_change: float = 0.0,
+    max_evals: int | None = None,
+    init: str = "normal",
     local_steps: int = 1,
     local_lr: float | None = None,
     unroll: bool = True,
     key: Key,
 ) -> Reconstruction:
-    """DLG (:func:`attacks.inversion.dlg`) with the labels fixed to :func:`infer_labels`
-    instead of optimised; the number of classes is the last weight gradient's row count.
-    ``spec`` is needed when ``model`` is a plain function rather than a task.
+    """DLG (:func:`attacks.inversion.dlg`, with the same L-BFGS options and ``init``) with
+    the labels fixed to :func:`infer_labels` instead of optimised; the number of classes
+    is the last weight gradient's row count. ``spec`` is needed when ``model`` is a plain
+    function rather than a task.
 
     Zhao et al. 2020, iDLG: Improved Deep Leakage from Gradients (arXiv:2001.02610).
     """
@@ -106,6 +112,11 @@ def idlg(
         lr=lr,
         history_size=history_size,
         restarts=restarts,
+        line_search=line_search,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
+        max_evals=max_evals,
+        init=init,
         local_steps=local_steps,
         local_lr=local_lr,
         unroll=unroll,

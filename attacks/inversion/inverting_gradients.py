@@ -15,10 +15,10 @@ from attacks.inversion._common import (
     check_shape,
     predictor,
 )
-from attacks.inversion.dlg import check_iters, fixed_labels
+from attacks.inversion.dlg import INITS, check_iters, fixed_labels, initial_inputs
 from attacks.inversion.idlg import infer_labels
 from fedkit.core.flat import ParamSpec
-from fedkit.core.keys import Key, fold_in, normal
+from fedkit.core.keys import Key, fold_in
 
 MILESTONES = (3 / 8, 5 / 8, 7 / 8)  # the learning rate drops 10x at these fractions of iters
 
@@ -59,6 +59,7 @@ def inverting_gradients(
     lr: float = 0.1,
     tv_weight: float = 1e-2,
     restarts: int = 1,
+    init: str = "normal",
     signed: bool = True,
     bounds: tuple[float, float] | None = (0.0, 1.0),
     local_steps: int = 1,
@@ -68,7 +69,9 @@ def inverting_gradients(
 ) -> Reconstruction:
     """Reconstruct a client's batch by minimising
     ``1 − cos(predicted, observed) + tv_weight · TV(x)`` over dummy inputs
-    ``[batch_size, *input_shape]`` started from ``normal(fold_in(key, r))``.
+    ``[batch_size, *input_shape]`` started from ``fold_in(key, r)`` as ``init`` says
+    (:func:`attacks.inversion.dlg.initial_inputs`: ``"normal"``, ``"uniform"``,
+    ``"zeros"``).
 
     The cosine makes the attack blind to the gradient's scale (so norm clipping alone
     does not stop it). Adam (``lr``, divided by 10 at 3/8, 5/8 and 7/8 of ``iters``) steps
@@ -90,6 +93,8 @@ def inverting_gradients(
         raise ValueError(f"need tv_weight >= 0 and lr > 0, got {tv_weight!r}, {lr!r}")
     if bounds is not None and not bounds[0] < bounds[1]:
         raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if labels is None:
         labels = infer_labels(
             model,
@@ -110,7 +115,9 @@ def inverting_gradients(
             return cosine_distance(predict(x, probs), target) + tv_weight * total_variation(x)
 
         for r in range(restarts):
-            x0 = normal(fold_in(key, r), (batch_size, *shape), dtype=params.dtype)
+            x0 = initial_inputs(
+                init, fold_in(key, r), (batch_size, *shape), dtype=params.dtype, device="cpu"
+            )
             x = x0.to(params.device).requires_grad_()
             opt = torch.optim.Adam([x], lr=lr)
             history = []

@@ -1,10 +1,13 @@
 """How well an inversion worked: per-example MSE, PSNR and SSIM against the originals,
 label accuracy, and the best one-to-one matching of a reconstructed batch to the true one
-(an attacker recovers a batch as a set, in no particular order)."""
+(an attacker recovers a batch as a set, in no particular order). PSNR is reported as a
+distribution (:func:`psnr_distribution`): an attack either recovers an example (tens of dB)
+or does not (single digits), so a mean alone hides how often it works."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -39,6 +42,31 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.T
     ``R = data_range``; ``inf`` for an exact copy."""
     r = _range(data_range)
     return 10.0 * torch.log10(r * r / mse(x, ref))
+
+
+def psnr_distribution(
+    values: torch.Tensor | Sequence[float], threshold: float = 30.0
+) -> dict[str, float]:
+    """PSNR values in dB (one per example, or per run) summarised: ``mean``, ``median``
+    (the mean of the two middle values for an even count), ``above`` (the fraction strictly
+    above ``threshold`` dB, the success rate) and ``n``. An exact copy's ``inf`` counts as
+    above and makes the mean ``inf``; NaN is refused."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() == 0:
+        raise ValueError("psnr_distribution needs at least one PSNR value, got none")
+    if bool(torch.isnan(v).any()):
+        raise ValueError(f"psnr_distribution: values must not be NaN, got {v.tolist()}")
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be a finite number of dB, got {threshold!r}")
+    ordered = torch.sort(v).values
+    n = ordered.numel()
+    middle = ordered[(n - 1) // 2 : n // 2 + 1]
+    return {
+        "mean": float(v.mean()),
+        "median": float(middle.mean()) if bool(torch.isfinite(middle).all()) else float(middle[-1]),
+        "above": float((v > threshold).double().mean()),
+        "n": float(n),
+    }
 
 
 def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
@@ -148,10 +176,13 @@ def evaluate(
     clamp: tuple[float, float] | None = (0.0, 1.0),
     window_size: int = 5,
     sigma: float = 1.0,
+    threshold: float = 30.0,
 ) -> dict[str, float]:
     """Mean MSE, PSNR, SSIM and label accuracy of a reconstructed batch after
-    :func:`match`-ing it to the originals; reconstructions are clamped to ``clamp`` (the
-    valid pixel range) first. SSIM is NaN for non-image inputs (fewer than 2 spatial dims).
+    :func:`match`-ing it to the originals, plus the PSNR distribution over the batch's
+    examples (:func:`psnr_distribution`): ``psnr_median`` and ``psnr_above``, the fraction
+    of examples above ``threshold`` dB. Reconstructions are clamped to ``clamp`` (the valid
+    pixel range) first. SSIM is NaN for non-image inputs (fewer than 2 spatial dims).
     """
     rec = reconstruction.inputs
     if rec.shape != originals.shape:
@@ -163,9 +194,12 @@ def evaluate(
     order = match(rec, originals)
     rec = rec[order]
     image = originals.ndim >= 3 and min(originals.shape[-2:]) >= window_size
+    spread = psnr_distribution(psnr(rec, originals, data_range), threshold)
     return {
         "mse": float(mse(rec, originals).mean()),
-        "psnr": float(psnr(rec, originals, data_range).mean()),
+        "psnr": spread["mean"],
+        "psnr_median": spread["median"],
+        "psnr_above": spread["above"],
         "ssim": float(ssim(rec, originals, data_range, window_size=window_size, sigma=sigma).mean())
         if image
         else math.nan,

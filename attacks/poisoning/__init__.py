@@ -4,6 +4,15 @@ may see, and attack values (frozen attrs classes, fields named like the kernel's
 that :class:`attacks.ModelPoisoning` calls."""
 
 from attacks.poisoning._common import Attack, aggregate_fn
+from attacks.poisoning.adaptive import (
+    AdaptiveFlame,
+    AdaptiveFoolsGold,
+    adaptive_flame,
+    adaptive_foolsgold,
+    attack_directions,
+    benign_spread,
+    sybil_directions,
+)
 from attacks.poisoning.alie import ALIE, alie, alie_z
 from attacks.poisoning.fang import (
     FangKrum,
@@ -25,6 +34,7 @@ from attacks.poisoning.min_max import (
     min_sum_gamma,
     perturbation_vector,
 )
+from attacks.poisoning.neurotoxin import Neurotoxin, neurotoxin, top_coordinates
 from attacks.poisoning.non_finite import NonFinite, non_finite
 from attacks.poisoning.optimal import (
     OptimalALIE,
@@ -40,6 +50,8 @@ from attacks.poisoning.sign_flip import SignFlip, sign_flip
 __all__ = [
     "ALIE",
     "IPM",
+    "AdaptiveFlame",
+    "AdaptiveFoolsGold",
     "Attack",
     "FangKrum",
     "FangTrimmedMean",
@@ -47,14 +59,19 @@ __all__ = [
     "Mimic",
     "MinMax",
     "MinSum",
+    "Neurotoxin",
     "NonFinite",
     "OptimalALIE",
     "OptimalIPM",
     "Scaling",
     "SignFlip",
+    "adaptive_flame",
+    "adaptive_foolsgold",
     "aggregate_fn",
     "alie",
     "alie_z",
+    "attack_directions",
+    "benign_spread",
     "best_factor",
     "damage",
     "fang_krum",
@@ -69,10 +86,13 @@ __all__ = [
     "min_max_gamma",
     "min_sum",
     "min_sum_gamma",
+    "neurotoxin",
     "non_finite",
     "optimal_alie",
     "optimal_ipm",
     "perturbation_vector",
     "scaling",
     "sign_flip",
+    "sybil_directions",
+    "top_coordinates",
 ]

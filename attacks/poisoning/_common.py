@@ -127,12 +127,25 @@ def aggregate_fn(
 
 class Attack:
     """Base of the attack values: a frozen attrs class whose fields have the names of its
-    kernel's parameters. ``attack(honest, num_byzantine=b, num_clients=n, key=k)`` calls the
-    kernel; ``num_clients`` (the number of clients the server aggregates, Byzantine ones
-    included) is forwarded only to kernels that list it in ``context``."""
+    kernel's parameters. ``attack(honest, num_byzantine=b, num_clients=n, own=o, key=k)``
+    calls the kernel, forwarding only what the kernel lists in ``context``:
+
+    * ``num_clients``: the number of clients the server aggregates, Byzantine ones included;
+    * ``own``: the adversary's own clients' honest updates (``Tensor[b, d]``, one per
+      Byzantine row, in row order), for attacks that transform their own update (e.g.
+      :class:`~attacks.poisoning.neurotoxin.Neurotoxin`).
+
+    ``reads_own`` says whether the rows depend on the adversary's own updates beyond what its
+    knowledge level shows (``own`` in ``context``); ``knowledge_levels`` lists the levels the
+    attack makes sense under (the adversaries check it)."""
 
     kernel: ClassVar[Callable[..., torch.Tensor]]
     context: ClassVar[tuple[str, ...]] = ()
+    knowledge_levels: ClassVar[tuple[str, ...]] = ("omniscient", "partial")
+
+    @property
+    def reads_own(self) -> bool:
+        return "own" in type(self).context
 
     def __call__(
         self,
@@ -140,9 +153,11 @@ class Attack:
         *,
         num_byzantine: int,
         num_clients: int | None = None,
+        own: torch.Tensor | None = None,
         key: Key | None = None,
     ) -> torch.Tensor:
-        extra = {"num_clients": num_clients} if "num_clients" in type(self).context else {}
+        given = {"num_clients": num_clients, "own": own}
+        extra = {name: given[name] for name in type(self).context}
         return type(self).kernel(
             honest, num_byzantine=num_byzantine, key=key, **extra, **hyperparameters(self)
         )

@@ -12,6 +12,7 @@ from chaos.faults.duplicate import Duplicate
 from chaos.faults.partition import Partition
 from chaos.faults.server_crash import ServerCrash
 from chaos.faults.stale import Stale
+from chaos.faults.stale_content import StaleContent
 from chaos.faults.stragglers import DISTRIBUTIONS, Stragglers, straggler_latency
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Partition",
     "ServerCrash",
     "Stale",
+    "StaleContent",
     "Stragglers",
     "combine",
     "crash_starts",

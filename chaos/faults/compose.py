@@ -8,6 +8,7 @@ import torch
 from chaos.faults._plans import check_call
 from fedkit.core.keys import Key, fold_in
 from fedkit.protocols import FAULT_KINDS, FaultKind, FaultModel, FaultPlan
+from fedkit.simulation.delivery import replay_depth
 
 _NONE = FAULT_KINDS.index(FaultKind.NONE)
 
@@ -53,6 +54,11 @@ class Compose:
 
     def __init__(self, *members: FaultModel, faults: tuple[FaultModel, ...] | list = ()) -> None:
         self.__attrs_init__((*members, *faults))
+
+    @property
+    def replay_depth(self) -> int:
+        """The deepest replay memory any member needs (0: none does)."""
+        return max((replay_depth(f) for f in self.faults), default=0)
 
     def plan(self, round: int, clients: torch.Tensor, key: Key) -> FaultPlan:
         clients = check_call(round, clients, key)

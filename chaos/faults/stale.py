@@ -16,7 +16,8 @@ class Stale:
     """With probability ``p`` a sampled client's reply is a replay of the one it sent ``age``
     rounds earlier (``STALE``, reason ``"stale"``, ``detail`` = age), the age uniform on
     ``1..max_age``. The engine tags the replay with that earlier round, which validation
-    rejects as ``stale``."""
+    rejects as ``stale`` (:class:`~chaos.faults.stale_content.StaleContent` keeps the
+    current tag, so its old update gets through)."""
 
     p: float = attrs.field(default=0.1, validator=check_probability)
     max_age: int = attrs.field(default=1, validator=check_positive_int)

@@ -39,3 +39,13 @@ from fedkit.aggregators.sign_guard import SignGuard as SignGuard
 from fedkit.aggregators.sign_guard import sign_guard as sign_guard
 from fedkit.aggregators.smea import SMEA as SMEA
 from fedkit.aggregators.smea import smea as smea
+
+# isort: split
+# group 3
+from fedkit.aggregators.flame import FLAME as FLAME
+from fedkit.aggregators.flame import FlameRound as FlameRound
+from fedkit.aggregators.flame import flame as flame
+from fedkit.aggregators.flame import flame_round as flame_round
+from fedkit.aggregators.rlr import RLR as RLR
+from fedkit.aggregators.rlr import rlr as rlr
+from fedkit.aggregators.rlr import rlr_round as rlr_round

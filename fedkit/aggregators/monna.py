@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 import torch
 
@@ -13,7 +15,7 @@ from fedkit.aggregators._common import (
     gather_chunk,
     weighted_rows,
 )
-from fedkit.core.components import KernelReducer
+from fedkit.core.components import KernelReducer, RoundContext, require_context
 from fedkit.core.keys import Key
 
 
@@ -22,12 +24,14 @@ def monna(
     weights: torch.Tensor | None = None,
     *,
     f: int,
-    pivot: int = 0,
+    pivot: int | torch.Tensor = 0,
     key: Key | None = None,
 ) -> torch.Tensor:
-    """Weighted mean of the ``m - f`` active rows nearest (Euclidean) to row ``pivot``,
-    the pivot included (``m`` = active rows, ``pivot`` indexes all ``n`` rows and must be
-    active: it is the one update the caller trusts, e.g. the server's or a peer's own).
+    """Weighted mean of the ``m - f`` active rows nearest (Euclidean) to the pivot, the one
+    update the caller trusts (``m`` = active rows). ``pivot`` is a row index (a peer's own
+    row, as in the paper's decentralised setting: it must be active and counts among the
+    ``m - f``) or a ``Tensor[d]`` outside the rows (the server's own update on its trusted
+    root data: the ``m - f`` client rows nearest to it are averaged, the pivot itself is not).
 
     Rows tied at the boundary distance share the remaining places equally (fractional
     membership), so the result does not depend on row order; ByzFL breaks such ties
@@ -45,17 +49,27 @@ def monna(
     """
     del key
     updates, w = check_updates(updates, weights)
-    n = updates.shape[0]
-    if not isinstance(pivot, int) or isinstance(pivot, bool) or not -n <= pivot < n:
-        raise ValueError(f"monna: pivot must be a row index in [0, {n}), got {pivot!r}")
-    pivot %= n
-    if not bool(w[pivot] > 0):
-        raise ValueError(f"monna: pivot row {pivot} has weight 0 (absent)")
+    n, d = updates.shape
+    if isinstance(pivot, torch.Tensor):
+        if pivot.shape != (d,) or not bool(torch.isfinite(pivot).all()):
+            raise ValueError(
+                f"monna: a pivot tensor must be finite with shape ({d},), got {tuple(pivot.shape)}"
+            )
+        point = pivot.to(device=updates.device, dtype=updates.dtype)
+    elif not isinstance(pivot, int) or isinstance(pivot, bool) or not -n <= pivot < n:
+        raise ValueError(
+            f"monna: pivot must be a row index in [0, {n}) or a Tensor[d], got {pivot!r}"
+        )
+    else:
+        pivot %= n
+        if not bool(w[pivot] > 0):
+            raise ValueError(f"monna: pivot row {pivot} has weight 0 (absent)")
+        point = updates[pivot]
     index = active_index(w)
     m = index.numel()
     rows = None if m == updates.shape[0] else index  # all active: no gather copy
     check_f(f, m, "monna")
-    dist = _sq_distances_to_row(updates, rows, pivot).cpu()
+    dist = _sq_distances_to_point(updates, rows, point).cpu()
     if not bool(torch.isfinite(dist).all()):
         raise ValueError("monna: active rows hold NaN/Inf (or values too large to square)")
     k = m - f
@@ -70,13 +84,12 @@ def monna(
     return weighted_rows(updates, full, finite=rows is None)
 
 
-def _sq_distances_to_row(
-    updates: torch.Tensor, rows: torch.Tensor | None, pivot: int
+def _sq_distances_to_point(
+    updates: torch.Tensor, rows: torch.Tensor | None, point: torch.Tensor
 ) -> torch.Tensor:
-    """``‖x_i - x_pivot‖²`` (float64 ``[m]``) for the rows ``rows`` (all if None), chunk by
+    """``‖x_i - p‖²`` (float64 ``[m]``) for the rows ``rows`` (all if None), chunk by
     chunk as ``‖x_i‖² - 2 x_i·p + ‖p‖²``: one matrix-vector product and one norm pass,
     no ``[m, chunk]`` difference (a chunk that overflows float32 is redone in float64)."""
-    point = updates[pivot]
     m = updates.shape[0] if rows is None else rows.numel()
     acc = torch.zeros(m, dtype=torch.float64, device=updates.device)
     for cols in coordinate_chunks(m, updates.shape[1]):
@@ -95,10 +108,32 @@ def _expanded_sq_distances(block: torch.Tensor, piece: torch.Tensor) -> torch.Te
     return sq - 2.0 * (block @ piece).double() + float(torch.linalg.vector_norm(piece)) ** 2
 
 
+def _check_pivot(instance, attribute, value) -> None:
+    if value == "server":
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"MoNNA.pivot must be 'server' or a row index, got {value!r}")
+
+
 @attrs.frozen
 class MoNNA(KernelReducer):
-    """Reducer wrapping :func:`monna` (fields = its hyper-parameters)."""
+    """Reducer wrapping :func:`monna`. ``pivot="server"`` (the default): the pivot is the
+    server's own update on its trusted root data (``context.reference``, from
+    ``Strategy(root_examples=...)``), so no client can steer which rows are kept; an int
+    pivot is a row index (a peer's own update in a decentralised run; in a server run it
+    is some client's reply, which the adversary may control)."""
 
     kernel = staticmethod(monna)
+    uses_context: ClassVar[bool] = True
     f: int = 1
-    pivot: int = 0
+    pivot: int | str = attrs.field(default="server", validator=_check_pivot)
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.pivot == "server"
+
+    def __call__(self, updates, weights, state, key, *, context: RoundContext | None = None):
+        pivot = self.pivot
+        if pivot == "server":
+            pivot = require_context(context, "MoNNA(pivot='server')", reference=True).reference
+        return monna(updates, weights, f=self.f, pivot=pivot, key=key), state, {}

@@ -8,12 +8,14 @@ from fedkit.core.components import (
     KernelReducer,
     Reducer,
     Role,
+    RoundContext,
     ServerTransform,
     Transform,
     as_weights,
     chain,
     hyperparameters,
     merge_info,
+    require_context,
 )
 from fedkit.core.flat import Entry, ParamSpec, flatten, spec_of, unflatten
 from fedkit.core.keys import (
@@ -41,6 +43,7 @@ __all__ = [
     "ParamSpec",
     "Reducer",
     "Role",
+    "RoundContext",
     "ServerTransform",
     "Transform",
     "as_weights",
@@ -56,6 +59,7 @@ __all__ = [
     "normal",
     "permutation",
     "randint",
+    "require_context",
     "spec_of",
     "split",
     "unflatten",

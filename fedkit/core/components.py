@@ -23,6 +23,12 @@ in one of three roles, in this order inside a chain (docs/architecture.md, "Comp
 
 Components never mutate their inputs and never read global state: randomness comes only
 from ``key``.
+
+Context. A component that needs to know more than the rows (which client sent each row,
+the global parameters, the server's own update on its trusted root data) sets the class
+attribute ``uses_context = True`` and takes a keyword ``context`` (a :class:`RoundContext`,
+``None`` outside a strategy) in ``__call__``; :class:`Chain` hands it on. Everything else is
+called without it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,48 @@ from fedkit.core.keys import Key, split
 Info = dict[str, Any]
 
 
+@attrs.frozen(eq=False)
+class RoundContext:
+    """What the server knows about a round besides the rows.
+
+    ``round`` (1-based); ``clients``: int64 ``[n]``, the client id of each row of ``updates``
+    (``-1`` for a padding row); ``num_clients``: clients in the federation; ``params``: the
+    global parameters before the round (``[d]``); ``reference``: the server's own update on
+    its trusted root data (``[d]``, computed by the run driver when the strategy has
+    ``root_examples``; ``None`` otherwise). Components read it, never change it.
+    """
+
+    round: int
+    clients: torch.Tensor
+    num_clients: int
+    params: torch.Tensor
+    reference: torch.Tensor | None = None
+
+
+def require_context(context: RoundContext | None, who: str, *, reference: bool = False):
+    """``context`` or a ``ValueError`` saying ``who`` needs one (and a root-data reference
+    when ``reference``)."""
+    if context is None:
+        raise ValueError(
+            f"{who} needs the round's context (client ids, global parameters): call it "
+            "through a fedkit.Strategy, or pass context=RoundContext(...)"
+        )
+    if reference and context.reference is None:
+        raise ValueError(
+            f"{who} needs the server's own update on its trusted root data: build the "
+            "strategy with Strategy(root_examples=...) (e.g. 100), so the run driver trains "
+            "the global model on root data held by the server each round"
+        )
+    return context
+
+
+def call(component: Any, updates, weights, state, key, context: RoundContext | None):
+    """``component(updates, weights, state, key)``, with ``context=`` when it uses one."""
+    if getattr(component, "uses_context", False):
+        return component(updates, weights, state, key, context=context)
+    return component(updates, weights, state, key)
+
+
 class Role(StrEnum):
     TRANSFORM = "transform"
     REDUCER = "reducer"
@@ -49,6 +97,8 @@ class Component:
     """Base of every component; subclasses are ``@attrs.frozen`` and set ``role``."""
 
     role: ClassVar[Role]
+    uses_context: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False  # reads context.reference (a trust anchor)
 
     def init(self, d: int) -> Any:
         """The initial state for parameter dimension ``d`` (stateless: ``()``)."""
@@ -143,14 +193,20 @@ class Chain(Reducer):
     """
 
     components: tuple[Component, ...] = attrs.field(converter=tuple)
+    uses_context: ClassVar[bool] = True
 
     def __attrs_post_init__(self) -> None:
         _check_roles(self.components)
 
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """Whether a component reads the server's root-data update (``context.reference``)."""
+        return any(getattr(c, "needs_reference", False) for c in self.components)
+
     def init(self, d: int) -> tuple:
         return tuple(c.init(d) for c in self.components)
 
-    def __call__(self, updates, weights, state, key):
+    def __call__(self, updates, weights, state, key, *, context: RoundContext | None = None):
         if updates.ndim != 2:
             raise ValueError(f"chain expects updates of shape [n, d], got {tuple(updates.shape)}")
         n = updates.shape[0]
@@ -172,12 +228,12 @@ class Chain(Reducer):
         for i, (comp, st, k) in enumerate(zip(self.components, state, keys, strict=True)):
             label = f"{i}.{type(comp).__name__}"
             if comp.role is Role.TRANSFORM:
-                (out, weights), st, ci = comp(out, weights, st, k)
+                (out, weights), st, ci = call(comp, out, weights, st, k, context)
             elif comp.role is Role.REDUCER:
                 reducer_weights = weights
-                out, st, ci = comp(out, weights, st, k)
+                out, st, ci = call(comp, out, weights, st, k, context)
             else:
-                out, st, ci = comp(out, reducer_weights, st, k)
+                out, st, ci = call(comp, out, reducer_weights, st, k, context)
             new_states.append(st)
             info = merge_info(info, ci, label)
         accepted = initial_weights > 0

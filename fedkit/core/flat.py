@@ -132,7 +132,10 @@ class ParamSpec:
         if flat.numel() != self.size:
             raise ValueError(f"{what} has length {flat.numel()}, ParamSpec expects {self.size}")
         if flat.dtype != self.torch_dtype:
-            raise TypeError(f"{what} has dtype {flat.dtype}, ParamSpec expects {self.torch_dtype}")
+            raise TypeError(
+                f"{what} has dtype {flat.dtype}, ParamSpec expects {self.torch_dtype} (no silent "
+                f"cast: convert it explicitly, e.g. flat.to(spec.torch_dtype))"
+            )
 
     def to_dict(self) -> dict:
         return {
@@ -195,13 +198,25 @@ def flatten(
     return torch.cat(parts), spec
 
 
-def unflatten(flat: torch.Tensor, spec: ParamSpec) -> dict[str, torch.Tensor]:
-    """Named tensors as views into ``flat`` (no copies). An entry whose own dtype differs
-    from the flat dtype (an integer buffer, say) is returned cast, which is a copy."""
+def unflatten(
+    flat: torch.Tensor, spec: ParamSpec, *, cast: bool = False
+) -> dict[str, torch.Tensor]:
+    """Named tensors as views into ``flat`` (no copies).
+
+    ``flat`` must have the spec's dtype (:meth:`ParamSpec.check`). An entry whose own dtype
+    differs from it (a float32 weight in a float64 vector, an integer buffer in a float
+    vector) is refused with a ``TypeError`` naming both dtypes, since returning it would
+    silently round or truncate the values: pass ``cast=True`` when that cast is intended;
+    those entries then come back converted to their own dtype (a copy)."""
     spec.check(flat)
     out = {}
     for e in spec.entries:
         view = flat[e.offset : e.offset + e.numel].view(e.shape)
         target = dtype_from_name(e.dtype)
+        if target != flat.dtype and not cast:
+            raise TypeError(
+                f"unflatten: entry {e.name!r} has dtype {target} but the flat vector has dtype "
+                f"{flat.dtype}; a value is never cast silently: pass cast=True to convert it"
+            )
         out[e.name] = view if target == flat.dtype else view.to(target)
     return out

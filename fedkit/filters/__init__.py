@@ -11,6 +11,15 @@ each kernel its place in :func:`fedkit.chain`.
 from fedkit.filters.arc import ARC, arc, arc_num_clipped, arc_scales
 from fedkit.filters.bucketing import Bucketing, bucket_assignment, bucket_means, bucketing
 from fedkit.filters.clip import Clip, clip, clip_scales
+from fedkit.filters.fldetector import (
+    FLDetector,
+    FLDetectorState,
+    fldetector_outliers,
+    gap_statistic_attack,
+    lbfgs_hvp,
+    two_means,
+)
+from fedkit.filters.foolsgold import FoolsGold, foolsgold, foolsgold_scores
 from fedkit.filters.krum_select import KrumSelect, keep_lowest, krum_select
 from fedkit.filters.nnm import NNM, nnm, nnm_mixing
 from fedkit.filters.sanitize import Sanitize, sanitize
@@ -20,6 +29,9 @@ __all__ = [
     "NNM",
     "Bucketing",
     "Clip",
+    "FLDetector",
+    "FLDetectorState",
+    "FoolsGold",
     "KrumSelect",
     "Sanitize",
     "arc",
@@ -30,9 +42,15 @@ __all__ = [
     "bucketing",
     "clip",
     "clip_scales",
+    "fldetector_outliers",
+    "foolsgold",
+    "foolsgold_scores",
+    "gap_statistic_attack",
     "keep_lowest",
     "krum_select",
+    "lbfgs_hvp",
     "nnm",
     "nnm_mixing",
     "sanitize",
+    "two_means",
 ]

@@ -1,14 +1,37 @@
-"""Bucketing: average random groups of clients before a robust reducer."""
+"""Bucketing: average random groups of clients before a robust reducer.
+
+Bucketing turns ``n`` active rows into ``⌈n/s⌉`` buckets, and a robust rule after it counts
+buckets, not clients: Krum needs ``⌈n/s⌉ >= 2f + 3``. :func:`check_bucketed_reducer` checks
+a chain against such rules (:func:`row_rule`) once the number of clients per round is known,
+and arms each Bucketing with the rule that follows it, so a round that brings too few rows
+fails at the Bucketing with the numbers rather than deep inside the reducer.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import torch
 
 from fedkit.aggregators._common import active_index, coordinate_chunks, gather_chunk
-from fedkit.core.components import Transform, as_weights
+from fedkit.aggregators.bulyan import Bulyan
+from fedkit.aggregators.caf import CAF
+from fedkit.aggregators.dnc import DnC
+from fedkit.aggregators.krum import Krum, MultiKrum
+from fedkit.aggregators.mda import MDA
+from fedkit.aggregators.meamed import MeaMed
+from fedkit.aggregators.monna import MoNNA
+from fedkit.aggregators.smea import SMEA
+from fedkit.aggregators.trimmed_mean import TrimmedMean
+from fedkit.core.components import Chain, Transform, as_weights
+from fedkit.core.components import chain as compose
 from fedkit.core.keys import Key, permutation
 from fedkit.filters._common import check_int, check_rows
+from fedkit.filters.arc import ARC
+from fedkit.filters.krum_select import KrumSelect
+from fedkit.filters.nnm import NNM
 
 
 def bucket_assignment(weights: torch.Tensor, *, s: int, key: Key) -> torch.Tensor:
@@ -56,35 +79,152 @@ def bucket_means(
     return out, totals
 
 
+@attrs.frozen
+class RowRule:
+    """A component's minimum number of active rows: ``factor·f + extra``, and at least
+    ``keep`` when it keeps that many rows (Multi-Krum's ``m``). ``who`` names it."""
+
+    who: str
+    f: int
+    factor: int
+    extra: int
+    keep: int = 0
+
+    @property
+    def need(self) -> int:
+        return max(self.factor * self.f + self.extra, self.keep)
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.who} needs n >= {self.factor}f + {self.extra} = "
+            f"{self.factor * self.f + self.extra} rows for f={self.f}"
+        )
+        return text + (f" and n >= m = {self.keep}" if self.keep else "")
+
+
+# Components whose kernel refuses too few active rows: (factor, extra) of ``factor·f + extra``.
+_BOUNDS: dict[type, tuple[int, int]] = {
+    Krum: (2, 3),  # Blanchard et al. 2017
+    MultiKrum: (2, 3),
+    KrumSelect: (2, 3),
+    Bulyan: (4, 3),  # El Mhamdi et al. 2018
+    TrimmedMean: (2, 1),  # more than 2f rows
+    MeaMed: (2, 1),
+    CAF: (2, 1),
+    DnC: (2, 1),
+    MDA: (2, 1),
+    MoNNA: (2, 1),
+    SMEA: (2, 1),
+    NNM: (1, 1),  # more than f rows
+    ARC: (1, 1),
+}
+
+
+def row_rule(component: Any) -> RowRule | None:
+    """The minimum-rows rule of ``component`` (``None`` when it has none), as its kernel
+    checks it on the active rows."""
+    bound = _BOUNDS.get(type(component))
+    if bound is None:
+        return None
+    keep = getattr(component, "m", 0) if isinstance(component, MultiKrum | KrumSelect) else 0
+    return RowRule(type(component).__name__, int(component.f), *bound, keep=int(keep))
+
+
+def num_buckets(n: int, s: int) -> int:
+    """``⌈n/s⌉``: the buckets of ``n`` rows cut in groups of ``s``."""
+    return -(-n // s)
+
+
+def _too_few(s: int, n: int, rule: RowRule, what: str) -> ValueError:
+    """The error for ``n`` rows (``what``) cut into too few buckets of ``s`` for ``rule``."""
+    if n < rule.need:
+        fix = f"no bucket size helps: it needs at least {rule.need} {what}"
+    else:
+        fix = f"use a bucket size s <= {(n - 1) // (rule.need - 1)} or more {what}"
+    return ValueError(
+        f"Bucketing(s={s}) with {n} {what} gives ⌈{n}/{s}⌉ = {num_buckets(n, s)} buckets, "
+        f"but {rule.who} after it counts buckets as rows: {rule}; {fix}"
+    )
+
+
+def check_buckets(weights: torch.Tensor, s: int, then: RowRule | None) -> None:
+    """Raise a ``ValueError`` with the numbers when the ``⌈m/s⌉`` buckets of the ``m``
+    active rows fall short of ``then`` (the rule of what follows; None: no check)."""
+    if then is None:
+        return
+    if not isinstance(then, RowRule):
+        raise TypeError(f"bucketing: then must be a RowRule or None, got {type(then).__name__}")
+    m = int((weights > 0).sum())
+    if num_buckets(m, s) < then.need:
+        raise _too_few(s, m, then, "active rows")
+
+
 def bucketing(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
     s: int,
+    then: RowRule | None = None,
     key: Key | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffle the active rows with ``key``, cut them into ``⌈m/s⌉`` buckets of ``s`` (the
     last may be smaller) and replace them by the buckets' weighted means: output row ``j``
     is bucket ``j``'s mean with weight the bucket's total weight; the remaining rows are
-    zeros of weight 0. The total weight and the weighted mean are preserved.
+    zeros of weight 0. The total weight and the weighted mean are preserved. ``then``: the
+    minimum-rows rule of what follows (:func:`row_rule`); too few buckets for it raise a
+    ``ValueError`` naming ``s``, ``m``, ``⌈m/s⌉`` and the rule.
 
     Karimireddy, He and Jaggi 2022, Byzantine-Robust Learning on Heterogeneous Datasets via
     Bucketing (ICLR).
     """
     _, w = check_rows(updates, weights, "bucketing")
+    check_buckets(w, check_int(s, "bucketing: s", 1), then)
     return bucket_means(updates, w, bucket_assignment(w, s=s, key=key))
+
+
+def check_bucketed_reducer(chain: Chain | Iterable[Any], clients_per_round: int) -> Chain:
+    """Check that every component with a :func:`row_rule` after a :class:`Bucketing` gets
+    enough buckets from ``clients_per_round`` rows (``⌈n/s⌉`` per Bucketing, ``m`` after a
+    KrumSelect); raise a ``ValueError`` naming ``s``, the clients per round, the number of
+    buckets and the rule otherwise. Returns the chain with each Bucketing armed with the
+    first rule after it (:attr:`Bucketing.then`), so that a round that brings fewer rows
+    (dropouts, rejected replies) fails there with the same numbers. A chain without
+    Bucketing is returned unchanged."""
+    n = check_int(clients_per_round, "clients_per_round", 1)
+    components = list(getattr(chain, "components", chain))
+    rows, entering, last = n, n, None  # rows now; rows entering the latest Bucketing; its index
+    for i, comp in enumerate(components):
+        if isinstance(comp, Bucketing):
+            entering, rows, last = rows, num_buckets(rows, comp.s), i
+            continue
+        rule = row_rule(comp)
+        if rule is None or last is None:
+            continue
+        if components[last].then is None:
+            components[last] = attrs.evolve(components[last], then=rule)
+        if rows < rule.need:
+            what = "clients per round" if entering == n else f"rows (of {n} clients per round)"
+            raise _too_few(components[last].s, entering, rule, what)
+        if isinstance(comp, KrumSelect):
+            rows = min(rows, comp.m)
+    return compose(*components)
 
 
 @attrs.frozen
 class Bucketing(Transform):
     """Component for :func:`bucketing`. Its info holds ``"bucket"`` (each input row's
     bucket, -1 for rows of weight 0) and ``"empty"`` (output rows holding no bucket); the
-    emptied rows are not rejections."""
+    emptied rows are not rejections. ``then``: the minimum-rows rule of the component after
+    it (set by :func:`check_bucketed_reducer`; ``None``: unchecked), as in the kernel."""
 
     s: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    then: RowRule | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RowRule))
+    )
 
     def __call__(self, updates, weights, state, key):
         w = as_weights(weights, updates.shape[0], updates)
+        check_buckets(w, self.s, self.then)
         bucket = bucket_assignment(w, s=self.s, key=key)
         out, totals = bucket_means(updates, w, bucket)
         empty = torch.arange(totals.numel(), device=totals.device) > int(bucket.max())

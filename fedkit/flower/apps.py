@@ -163,6 +163,8 @@ def answer(message: Message, context: Context, runtime: RuntimeFactory) -> Messa
             request = parse_request(book)
             span = traced.enter_context(client_span(context, request))
             node = runtime(context, request)
+            if hasattr(node, "node_state"):  # state the node keeps between rounds
+                node.node_state = context.state
             params = wire.read_params(message.content, node.spec)
             t0 = time.perf_counter()
             out = node.train(request, params)

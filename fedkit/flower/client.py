@@ -5,7 +5,8 @@ global parameters and answers :class:`Trained` or :class:`Refused`; the ClientAp
 (:func:`fedkit.flower.apps.make_client_app`) does the decoding and encoding around it.
 :class:`HonestClient` is the node fedkit runs: it trains its own data (the partition its
 node config names) with the task's ``train_client``, the update the simulation computes for
-that client, after checking the request against the node's privacy floor.
+that client, after checking the request against the node's privacy floor; with worker
+momentum it sends and keeps its momentum over rounds (:mod:`fedkit.flower.node_state`).
 
 Keys. The server proposes each client's key (the simulation's ``fold_in(k_clients, c)``),
 so a deployment reproduces a simulation. Under client DP-SGD the key also draws the Poisson
@@ -31,6 +32,7 @@ import torch
 
 from fedkit.core.flat import ParamSpec
 from fedkit.core.keys import fold_in
+from fedkit.flower.node_state import keep_momentum, momentum_before
 from fedkit.flower.privacy_floor import PrivacyFloor
 from fedkit.flower.requests import TrainRequest
 from fedkit.protocols import Task
@@ -95,6 +97,7 @@ class HonestClient:
     server_key_noise: bool = False
     corrupt: str = ""
     impersonate: int | None = None
+    node_state: Any = None  # Flower's Context.state, set per message (worker momentum)
 
     @classmethod
     def from_node_config(
@@ -135,6 +138,11 @@ class HonestClient:
             update, n, metrics = self.task.train_client(
                 params, self.partition, cfg, request.work, key
             )
+        if cfg.worker_momentum > 0 and request.work > 0:
+            before = momentum_before(self.node_state, request.round)
+            before = torch.zeros_like(update) if before is None else before.to(update)
+            update = cfg.worker_momentum * before + (1.0 - cfg.worker_momentum) * update
+            keep_momentum(self.node_state, request.round, before, update)
         if self.corrupt == "crash":
             raise RuntimeError(f"partition {self.partition}: injected crash")
         if self.corrupt:

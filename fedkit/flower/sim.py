@@ -6,6 +6,11 @@ afterwards, when that path is too long for Ray's sockets).
 Flower's simulation engine gives its virtual SuperNodes random node ids; they are
 interchangeable workers over one dataset, so their ClientApp should train the partition of
 the client the server's registry assigned to the node (``experiments.flower_app`` does).
+
+``ray_address`` attaches the engine to a running Ray cluster (``ray start --head``; the
+address ``ray start`` prints, or ``auto``; default ``$RAY_ADDRESS``) instead of starting Ray
+here: the cluster's CPUs, temporary directory and dashboard hold, and its nodes must import
+fedkit (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -30,11 +35,28 @@ def run_flower_simulation(
     num_supernodes: int,
     num_cpus: int = 2,
     cpus_per_client: float = 1.0,
+    ray_address: str | None = None,
 ) -> None:
     """Run ``server_app`` and ``client_app`` on Flower's simulation engine with
-    ``num_supernodes`` virtual SuperNodes (needs ``flwr[simulation]``)."""
+    ``num_supernodes`` virtual SuperNodes (needs ``flwr[simulation]``), on a Ray started
+    here with ``num_cpus`` or, given ``ray_address``, on that running cluster."""
     from flwr.simulation import run_simulation
 
+    ray_address = ray_address or os.environ.get("RAY_ADDRESS")  # Ray's own convention
+    if ray_address:
+        os.environ.update(FLOWER_ENV)
+        backend = {
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+            # ray.init refuses num_cpus (and a temp dir of its own) when it attaches
+            "init_args": {"address": ray_address, "include_dashboard": False},
+        }
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_supernodes,
+            backend_config=backend,
+        )
+        return
     run_dir = Path(run_dir).resolve()
     ray_tmp = run_dir / "ray"
     own_tmp = len(str(ray_tmp)) > RAY_TMP_MAX  # Ray's socket paths must fit in 107 bytes

@@ -101,7 +101,8 @@ class Callback:
 
 
 class Checkpoints(Callback):
-    """Checkpoints of the server state, the run key, the privacy ledger (when there is one)
+    """Checkpoints of the server state, the run key, the privacy ledger and the clients'
+    persistent state (when there are)
     and the run's metrics and events into ``directory`` every ``every`` rounds, after the
     last round and when the run stops; the newest ``keep`` are kept (atomic files,
     :mod:`fedkit.run.checkpoint`). Each carries the run's configuration and its fingerprint:
@@ -136,6 +137,9 @@ class Checkpoints(Callback):
         tree: dict[str, Any] = {"state": run.state, "key": run.key}
         if run.ledger is not None:
             tree["ledger"] = run.ledger
+        clients = run.client_states.to_tree()
+        if clients:  # per-client state (worker momenta of all N clients)
+            tree["clients"] = clients
         path = ckpt.save(self.directory, run.state.round, tree, meta, keep=self.keep)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.written.append(

@@ -60,12 +60,14 @@ from fedkit.core.keys import Key
 from fedkit.core.keys import key as root_key
 from fedkit.protocols import Adversary, NoAdversary, PrivacyAccountant, Task
 from fedkit.run.callbacks import TRAIL_EVENTS, BudgetStop, Callback, Checkpoints
+from fedkit.run.client_state import ClientStates
 from fedkit.run.fingerprint import fingerprint
 from fedkit.run.history import History
 from fedkit.run.plan import RoundPlan, RunKeys, plan_round, round_spend
 from fedkit.run.records import FORMAT, describe, final_metrics, jsonable, timings, totals, versions
+from fedkit.run.reference import RootData, root_dataset, server_update
 from fedkit.run.transport import Exchange, Transport
-from fedkit.run.verdicts import round_verdicts, tally
+from fedkit.run.verdicts import detection, round_verdicts, tally
 from fedkit.strategy import ServerState, Strategy
 
 BUDGET_ALERTS = (0.5, 0.8, 1.0)
@@ -121,6 +123,8 @@ class Run:
     started: float = attrs.field(factory=time.perf_counter)
     rounds_at_start: int = 0
     callbacks: tuple[Callback, ...] = ()
+    root: RootData | None = None
+    client_states: ClientStates = attrs.field(factory=ClientStates)
 
     @property
     def spec(self) -> ParamSpec:
@@ -236,9 +240,26 @@ def _round(run: Run, hooks, plan: RoundPlan) -> tuple[ServerState, dict[str, Any
     t1 = time.perf_counter()
     for event in exchange.events:
         _emit(run, hooks, dict(event))
+    if exchange.client_state:
+        ids = sorted(exchange.client_state)
+        run.client_states = run.client_states.with_rows(
+            torch.tensor(ids, dtype=torch.int64),
+            torch.stack([exchange.client_state[c] for c in ids]),
+            run.num_clients,
+        )
     with run.phase("aggregate"):
+        reference = None
+        if run.root is not None:
+            reference = server_update(
+                run.task, run.strategy, run.state.params, run.root, plan.keys.server
+            )
         state, info = run.strategy.round(
-            run.state, list(exchange.replies), plan.keys.server, clients=plan.clients
+            run.state,
+            list(exchange.replies),
+            plan.keys.server,
+            clients=plan.clients,
+            num_clients=run.num_clients,
+            reference=reference,
         )
     t2 = time.perf_counter()
     verdicts = round_verdicts(plan, exchange, info)
@@ -262,12 +283,50 @@ def _round(run: Run, hooks, plan: RoundPlan) -> tuple[ServerState, dict[str, Any
         "train_loss": _train_loss(exchange, info.accepted_clients),
         **exchange.metrics,
     }
+    if run.controlled.numel():
+        metrics["detection"] = detection(verdicts, set(run.controlled.tolist()))
+    decided = chain_decisions(info.chain, plan.clients)
+    if decided:
+        metrics["chain"] = decided
     if plan.round % run.eval_every == 0 or plan.round == run.rounds:
         with run.phase("evaluate"):
             metrics.update(run.task.evaluate(state.params))
+            attack_eval = getattr(run.adversary, "evaluate", None)
+            if attack_eval is not None:
+                metrics.update(attack_eval(run.task, state.params))
     t3 = time.perf_counter()
     metrics.update(train_time=t1 - t0, aggregate_time=t2 - t1, eval_time=t3 - t2, wall_time=t3 - t0)
     return state, jsonable(metrics), exchange.server_crash
+
+
+def chain_decisions(chain_info: Mapping[str, Any], clients: torch.Tensor) -> dict[str, Any]:
+    """What the server chain decided about each sampled client, for the round record: its
+    per-client ``scores`` (Krum scores, FLTrust trust, FoolsGold weights, ...) and any other
+    per-row tensor a component reported (cluster labels, ...), each as a list aligned with
+    ``clients`` (sampling order) under its name, plus ``clients`` itself. Accept/reject
+    masks are left out (the verdicts and counters hold them). ``{}`` when there is nothing."""
+    m = int(clients.numel())
+    out: dict[str, Any] = {}
+
+    def per_row(value: Any) -> list | None:
+        if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() >= m > 0:
+            return value[:m].detach().cpu().tolist()
+        return None
+
+    scores = {
+        k: v for k, t in chain_info.get("scores", {}).items() if (v := per_row(t)) is not None
+    }
+    if scores:
+        out["scores"] = scores
+    for name, value in chain_info.items():
+        if name in ("scores", "rejected", "clipped", "accepted"):
+            continue
+        row = per_row(value)
+        if row is not None:
+            out[name] = row
+    if out:
+        out["clients"] = clients.tolist()
+    return out
 
 
 def _emit(run: Run, callbacks: Sequence[Callback], event: dict[str, Any]) -> None:
@@ -388,6 +447,7 @@ def run(
         fingerprint=fingerprint(config),
         state=state0,
         ledger=None if accountant is None else accountant.init(num_clients),
+        root=root_dataset(task, strategy.root_examples, run_key),
     )
     hooks: list[Callback] = []
     if checkpoints is not None:
@@ -440,6 +500,7 @@ def _resume(run: Run, checkpoints: Checkpoints, state0: ServerState) -> int | No
     run.state, run.metrics, run.events = found.state, found.history, found.events
     if "ledger" in found.tree:
         run.ledger = found.tree["ledger"]
+    run.client_states = ClientStates.from_tree(found.tree.get("clients"))
     if found.state is state0:
         return None
     run.resumed_from = run.rounds_at_start = run.state.round
@@ -566,9 +627,11 @@ def _recover(run: Run, hooks, checkpoints: Checkpoints | None, state0: ServerSta
             stacklevel=4,
         )
         run.state, run.metrics = state0, []
+        run.client_states = ClientStates()
     else:
         found = checkpoints.restore(run, state0, upto=crash_round)
         run.state, run.metrics = found.state, found.history
+        run.client_states = ClientStates.from_tree(found.tree.get("clients"))
     _emit(
         run,
         hooks,

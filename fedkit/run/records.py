@@ -129,11 +129,26 @@ def totals(metrics: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, A
         out["quorum_missed"] += int(bool(m.get("quorum_missed")))
         for k in ("rejected", "lost", "faults"):
             _add(out[k], m.get(k))
+        if m.get("detection"):
+            _add(out.setdefault("detection", {"tp": 0, "fp": 0, "tn": 0, "fn": 0}), m["detection"])
+    if "detection" in out:
+        out["detection"].update(rates(out["detection"]))
     crashes = [e for e in events if e.get("event") == "server_crash"]
     out["server_crashes"] = len(crashes)
     out["rounds_lost"] = sum(int(e["rounds_lost"]) for e in crashes)
     out["recovery_s"] = sum(float(e["recovery_s"]) for e in crashes)
     return out
+
+
+def rates(counts: Mapping[str, int]) -> dict[str, float | None]:
+    """Detection rates from ``{tp, fp, tn, fn}``: ``tpr`` (poisoned replies rejected / all
+    poisoned replies that reached the server), ``fpr`` (honest replies rejected / honest
+    replies), ``None`` where the denominator is 0."""
+    tp, fp, tn, fn = (int(counts.get(k, 0)) for k in ("tp", "fp", "tn", "fn"))
+    return {
+        "tpr": tp / (tp + fn) if tp + fn else None,
+        "fpr": fp / (fp + tn) if fp + tn else None,
+    }
 
 
 def final_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -35,7 +35,10 @@ class Exchange:
     rejected before validation), as far as it knows (:class:`~fedkit.replies.Verdict`);
     ``nodes``: ``{client: node}`` of the replies that came from deployment nodes;
     ``events``: run events the transport saw this round (``{"event": name, ...}``, e.g.
-    ``node_registered``, ``node_refused``), which the driver hands to the callbacks.
+    ``node_registered``, ``node_refused``), which the driver hands to the callbacks;
+    ``client_state``: ``{client: worker momentum [d]}`` the simulated clients keep after
+    this round (:mod:`fedkit.run.client_state`; the driver stores it; empty when the
+    clients keep their own, as deployed nodes do).
     """
 
     replies: list[Reply]
@@ -48,6 +51,7 @@ class Exchange:
     verdicts: tuple[Verdict, ...] = ()
     nodes: dict[int, int] = attrs.field(factory=dict)
     events: tuple[dict[str, Any], ...] = ()
+    client_state: dict[int, Any] = attrs.field(factory=dict)
 
 
 @runtime_checkable

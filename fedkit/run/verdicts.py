@@ -48,3 +48,18 @@ def tally(verdicts: tuple[Verdict, ...]) -> dict[str, dict[str, int]]:
     for v in verdicts:
         out.setdefault(v.status, Counter())[v.reason or "-"] += 1
     return {status: dict(c) for status, c in out.items()}
+
+
+def detection(verdicts: tuple[Verdict, ...], controlled: set[int]) -> dict[str, int]:
+    """``{tp, fp, tn, fn}`` of one round's server decisions: a positive is a reply from a
+    client the adversary controls that reached the server; it is detected when the server
+    rejected it (validation or a chain component: a filter that zeroed its weight, a
+    reducer that left it out, e.g. Krum's unselected rows or FLTrust's trust 0). Lost
+    replies and rounds skipped for a missed quorum decide nothing and are not counted."""
+    out = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    for v in verdicts:
+        if v.status not in ("accepted", "rejected") or v.reason == "quorum_missed":
+            continue
+        bad, caught = v.client in controlled, v.status == "rejected"
+        out[("t" if bad == caught else "f") + ("p" if caught else "n")] += 1
+    return out

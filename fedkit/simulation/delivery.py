@@ -10,19 +10,28 @@ Per sampled client, in this order:
   tensor, 5 four times too long (oversized); validation rejects every variant;
 * ``STALE``: the reply is a replay of one sent ``max(detail, 1)`` rounds earlier; it carries
   that round's tag, which validation rejects. Because a replay is rejected by its tag, its
-  payload can never reach the model, so the engine keeps no per-client history of old
-  updates (that would cost ``clients × d`` memory) and replays the current payload;
+  payload can never reach the model, so no old update is needed: the current payload is
+  replayed;
+* ``STALE_CONTENT``: the reply carries the current round's tag (so validation accepts it)
+  but the update the client computed ``max(detail, 1)`` or more rounds earlier — what a
+  lazy or buggy client sends. The content comes from a :class:`ReplayMemory` (see there
+  for what it holds and its bound): the newest update of that client from rounds
+  ``round − depth .. round − age``. **Fallback**: a client with no such update in memory
+  (not sampled in that window, the first rounds, a memory of depth 0) sends a zero update
+  (it did no work), which also passes validation;
 * ``DUPLICATE``: the reply arrives twice;
 * ``LATE`` within the deadline, or ``NONE``: the reply arrives.
 
-Arrivals are ordered by latency (ties by sampling order). Nothing here raises on a fault;
-a plan of the wrong shape is a bug in the fault model and raises ``ValueError``.
+Arrivals are ordered by latency (ties by sampling order). The memory is updated with every
+reply given (what the clients computed this round, before any fault) and returned in the
+:class:`Delivery`, so delivery stays a pure function of its arguments. Nothing here raises
+on a fault; a plan of the wrong shape is a bug in the fault model and raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -53,16 +62,72 @@ def corrupt(update: torch.Tensor, detail: int, key: Key) -> Any:
     return update.repeat(4)
 
 
+def replay_depth(faults: Any) -> int:
+    """How many past rounds of updates a fault model needs delivery to remember (its
+    ``replay_depth`` attribute; 0 when it has none, as for every fault that only alters or
+    drops the current reply)."""
+    depth = getattr(faults, "replay_depth", 0)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"{type(faults).__name__}.replay_depth must be an int >= 0, got {depth!r}")
+    return depth
+
+
+@attrs.frozen(eq=False)
+class ReplayMemory:
+    """The updates the clients computed in the last ``depth`` rounds, for ``STALE_CONTENT``.
+
+    ``rounds`` holds ``(round, {client: update})`` pairs, oldest first, at most ``depth`` of
+    them: memory is bounded by ``depth × clients per round × d`` values (the updates are
+    kept as given, no copies). ``depth = 0`` keeps nothing (the default: no cost unless a
+    fault model asks, see :func:`replay_depth`). A value: :meth:`remember` returns a new
+    memory, so a run is reproducible from its seed. Not saved in checkpoints: after a
+    resume, or a server crash whose restore replays rounds, a stale-content reply may fall
+    back to zeros where an uninterrupted run had an old update (the run is still
+    reproducible from its seed and crash plan, but not equal to the uninterrupted one).
+    """
+
+    depth: int = attrs.field(default=0)
+    rounds: tuple[tuple[int, Mapping[int, torch.Tensor]], ...] = ()
+
+    @depth.validator
+    def _check_depth(self, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"ReplayMemory.depth must be an int >= 0, got {value!r}")
+
+    def remember(self, round: int, replies: Sequence[Reply | None]) -> ReplayMemory:
+        """This memory plus the tensor updates of ``replies`` (the clients' own, before any
+        fault) as round ``round``: rounds ``>= round`` (a timeline lost to a server crash)
+        and rounds older than ``round − depth + 1`` are dropped."""
+        if self.depth == 0:
+            return self
+        sent = {
+            r.client: r.update
+            for r in replies
+            if r is not None and isinstance(r.update, torch.Tensor)
+        }
+        kept = tuple((t, u) for t, u in self.rounds if round - self.depth < t < round)
+        return ReplayMemory(depth=self.depth, rounds=(*kept, (round, sent)))
+
+    def recall(self, client: int, round: int, age: int) -> torch.Tensor | None:
+        """The newest update of ``client`` from rounds ``round − depth .. round − age``
+        (at least ``age`` rounds old); ``None`` if there is none in memory."""
+        for t, sent in reversed(self.rounds):
+            if round - self.depth <= t <= round - age and client in sent:
+                return sent[client]
+        return None
+
+
 @attrs.frozen(eq=False)
 class Delivery:
     """What arrived (in arrival order), what was lost ``{reason: n}``, the faults that
-    struck ``{label: n}`` (label: the plan's reason, else the kind) and whether the server
-    crashes after this round."""
+    struck ``{label: n}`` (label: the plan's reason, else the kind), whether the server
+    crashes after this round, and the replay memory after this round."""
 
     replies: tuple[Reply, ...]
     lost: dict[str, int]
     faults: dict[str, int]
     server_crash: bool
+    memory: ReplayMemory = attrs.field(factory=ReplayMemory)
 
 
 def _check_plan(plan: FaultPlan, m: int) -> None:
@@ -77,12 +142,32 @@ def _check_plan(plan: FaultPlan, m: int) -> None:
         raise ValueError(f"fault plan has {len(plan.reason)} reasons for {m} clients")
 
 
+def stale_content(reply: Reply, age: int, memory: ReplayMemory) -> Reply:
+    """``reply`` with its tag kept and its update replaced by the client's update from at
+    least ``age`` rounds ago (:meth:`ReplayMemory.recall`), or by zeros when the memory
+    has none (module doc)."""
+    old = memory.recall(reply.client, reply.round, max(age, 1))
+    update = torch.zeros_like(reply.update) if old is None else old
+    return attrs.evolve(reply, update=update)
+
+
 def deliver(
-    replies: Sequence[Reply | None], plan: FaultPlan, *, deadline: float | None, key: Key
+    replies: Sequence[Reply | None],
+    plan: FaultPlan,
+    *,
+    deadline: float | None,
+    key: Key,
+    memory: ReplayMemory | None = None,
 ) -> Delivery:
-    """Apply ``plan`` to one reply per sampled client (``None``: the client sent nothing)."""
+    """Apply ``plan`` to one reply per sampled client (``None``: the client sent nothing);
+    ``memory`` holds earlier rounds' updates for ``STALE_CONTENT`` (None: an empty one,
+    so every such reply falls back to zeros). The returned memory also holds this round's
+    updates."""
     m = len(replies)
     _check_plan(plan, m)
+    memory = ReplayMemory() if memory is None else memory
+    if not isinstance(memory, ReplayMemory):
+        raise TypeError(f"memory must be a ReplayMemory or None, got {type(memory).__name__}")
     kinds = plan.kind.tolist()
     latency = plan.latency.tolist()
     detail = plan.detail.tolist()
@@ -108,13 +193,17 @@ def deliver(
             reply = attrs.evolve(reply, update=corrupt(reply.update, detail[i], fold_in(key, i)))
         elif kind is FaultKind.STALE:
             reply = attrs.evolve(reply, round=reply.round - max(detail[i], 1))
+        elif kind is FaultKind.STALE_CONTENT and isinstance(reply.update, torch.Tensor):
+            reply = stale_content(reply, detail[i], memory)
         arrivals.append((latency[i], i, reply))
         if kind is FaultKind.DUPLICATE:
             arrivals.append((latency[i], i, reply))
     arrivals.sort(key=lambda a: (a[0], a[1]))
+    rounds = {r.round for r in replies if r is not None}
     return Delivery(
         replies=tuple(r for _, _, r in arrivals),
         lost=dict(lost),
         faults=dict(faults),
         server_crash=bool(plan.server_crash),
+        memory=memory.remember(rounds.pop(), replies) if len(rounds) == 1 else memory,
     )

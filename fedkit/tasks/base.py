@@ -116,6 +116,23 @@ class SupervisedTask:
             update, loss, steps = train_local(self, params, x, y, work, key, cfg)
         return update, int(x.shape[0]), {"loss": loss, "steps": steps}
 
+    def root_data(self, size: int, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        """A server's trusted root dataset: ``size`` examples drawn uniformly without
+        replacement from the union of the clients' (clean) training data, from ``key`` —
+        the setting of Cao et al. 2021 (FLTrust, NDSS), where the root data follows the
+        clients' distribution. Poisoning never reaches it (the adversary poisons copies)."""
+        from fedkit.core.keys import choice
+
+        total = sum(int(x.shape[0]) for x in self.client_x)
+        if not 1 <= size <= total:
+            raise ValueError(
+                f"root_examples={size}: the clients hold {total} training examples; ask for "
+                f"1..{total}"
+            )
+        picked = torch.sort(choice(key, total, size)).values
+        x, y = torch.cat(self.client_x), torch.cat(self.client_y)
+        return x.index_select(0, picked), y.index_select(0, picked)
+
     def evaluate(self, params: torch.Tensor, *, batch: int = 4096) -> dict[str, float]:
         """Mean test loss and accuracy of ``argmax`` predictions on ``test_x, test_y``
         (chunks of ``batch`` examples); ``{}`` without a test set."""

@@ -61,7 +61,8 @@ class _OpacusHooks:
 
     def _load(self, flat: torch.Tensor) -> None:
         with torch.no_grad():
-            for p, value in zip(self.params, unflatten(flat, self.spec).values(), strict=True):
+            named = unflatten(flat, self.spec, cast=True)
+            for p, value in zip(self.params, named.values(), strict=True):
                 p.copy_(value)
 
     def _backward(self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@
 * Adaptive clipping: :class:`AdaptiveClipMean` (the whole DP algorithm as one reducer, clip
   norm in its state) or :class:`AdaptiveClip` (the clipping transform alone).
 * Local DP: :class:`LocalDP` (each row clipped and noised, Gaussian or Laplace).
+* CRFL (certifiably robust FL by model clipping and smoothing, not a DP guarantee):
+  :class:`CRFL` and :func:`crfl_certify` (:mod:`privacy.mechanisms.crfl`).
 * DP-FTRL (tree aggregation, no sampling needed): ``chain(*dp_ftrl(C, z, m))`` =
   clip → uniform weights → fixed mean → :class:`TreeNoise` (:mod:`privacy.tree_accounting`).
 
@@ -43,6 +45,7 @@ from privacy.mechanisms.adaptive import (
     unclipped_fraction,
 )
 from privacy.mechanisms.clipping import ClipUpdates, clip_rows, clip_scales_l1
+from privacy.mechanisms.crfl import CRFL, CRFLBound, crfl_certify, crfl_step
 from privacy.mechanisms.dp_fedavg import dp_fedavg
 from privacy.mechanisms.fixed_mean import FixedMean, fixed_denominator_mean
 from privacy.mechanisms.gaussian import GaussianNoise, gaussian_noise, gaussian_noise_std
@@ -51,8 +54,10 @@ from privacy.mechanisms.tree import TreeNoise, TreeState, dp_ftrl, prefix_noise,
 from privacy.mechanisms.weights import CapWeights, UniformWeights, cap_weights, uniform_weights
 
 __all__ = [
+    "CRFL",
     "AdaptiveClip",
     "AdaptiveClipMean",
+    "CRFLBound",
     "CapWeights",
     "ClipUpdates",
     "FixedMean",
@@ -66,6 +71,8 @@ __all__ = [
     "cap_weights",
     "clip_rows",
     "clip_scales_l1",
+    "crfl_certify",
+    "crfl_step",
     "dp_fedavg",
     "dp_ftrl",
     "fixed_denominator_mean",

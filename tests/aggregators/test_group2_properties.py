@@ -15,6 +15,7 @@ from strategies import permutations, positive_weights, updates
 
 import fedkit
 from fedkit import aggregators as agg
+from fedkit.replies import Reply
 
 names = [c.name for c in CASES]
 seeds = st.integers(0, 2**31 - 1)
@@ -158,7 +159,6 @@ COMPONENTS = [
     agg.DnC,
     agg.ClippedClustering,
     agg.SignGuard,
-    agg.FLTrust,
 ]
 
 
@@ -192,10 +192,60 @@ def test_component_calls_its_kernel_in_a_chain(component):
     assert info["accepted"].all()
 
 
-def test_fltrust_component_takes_the_reference_from_the_last_row():
+def _context(n: int, reference: torch.Tensor | None) -> fedkit.RoundContext:
+    return fedkit.RoundContext(
+        round=1,
+        clients=torch.arange(n),
+        num_clients=n,
+        params=torch.zeros(reference.numel() if reference is not None else 1),
+        reference=reference,
+    )
+
+
+def test_fltrust_component_takes_the_servers_reference_not_a_row():
     clients, ref = rows(4, 5, 3), rows(5, 1, 3)[0]
-    u = torch.cat([clients, ref[None]])
-    out, _, _ = agg.FLTrust()(u, torch.ones(6, dtype=torch.float64), (), None)
+    w = torch.ones(5, dtype=torch.float64)
+    out, _, info = agg.FLTrust()(clients, w, (), None, context=_context(5, ref))
     assert torch.equal(out, agg.fltrust(clients, None, reference=ref))
-    with pytest.raises(ValueError):
-        agg.FLTrust(reference="first")
+    cos = torch.nn.functional.cosine_similarity(clients, ref[None], dim=1)
+    torch.testing.assert_close(info["scores"]["trust"], cos.clamp(min=0.0))
+    assert torch.equal(info["rejected"]["fltrust"], cos <= 0)
+    with pytest.raises(ValueError, match="root_examples"):
+        agg.FLTrust()(clients, w, (), None, context=_context(5, None))
+    with pytest.raises(ValueError, match="context"):
+        agg.FLTrust()(clients, w, (), None)
+
+
+def test_a_distrusted_reply_is_reported_rejected_by_the_strategy():
+    """A client pointing away from the server's update gets trust 0: its reply must not
+    be counted accepted (the old component reported every reply accepted)."""
+    strategy = fedkit.Strategy(server=agg.FLTrust(), root_examples=10)
+    state = strategy.init(torch.zeros(2, dtype=torch.float64))
+    replies = [
+        Reply(
+            client=0, round=1, update=torch.tensor([1.0, 0.1], dtype=torch.float64), num_examples=1
+        ),
+        Reply(
+            client=1, round=1, update=torch.tensor([-5.0, 0.0], dtype=torch.float64), num_examples=1
+        ),
+    ]
+    ref = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    _, info = strategy.round(state, replies, None, clients=torch.tensor([0, 1]), reference=ref)
+    assert info.accepted_clients == (0,)
+    assert info.rejected == {"fltrust": 1}
+
+
+def test_trust_anchor_components_need_root_examples():
+    with pytest.raises(ValueError, match="root_examples"):
+        fedkit.Strategy(server=agg.FLTrust())
+    with pytest.raises(ValueError, match="root_examples"):
+        fedkit.Strategy(server=agg.MoNNA(f=1))
+    fedkit.Strategy(server=agg.MoNNA(f=1, pivot=0))  # a row pivot needs no root data
+
+
+def test_monna_server_pivot_is_the_reference_and_not_averaged():
+    u = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.2, 0.0]], dtype=torch.float64)
+    ref = torch.tensor([0.1, 0.0], dtype=torch.float64)
+    out, _, _ = agg.MoNNA(f=1)(u, None, (), None, context=_context(4, ref))
+    torch.testing.assert_close(out, torch.tensor([0.4, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(out, agg.monna(u, f=1, pivot=ref))

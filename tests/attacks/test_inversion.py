@@ -199,6 +199,92 @@ def test_bad_input_is_rejected_with_clear_errors():
         dlg(t, p, g, **{**kw, "iters": 0})
 
 
+def test_lbfgs_options_line_search_tolerances_budget_and_init():
+    t, p = task(), params()
+    x, y = example(0)
+    g = client_gradient(t, p, x, y)
+    kw = dict(input_shape=SHAPE, num_classes=10, key=fedkit.key(3))
+    plain = dlg(t, p, g, iters=12, **kw)
+    assert plain.history.numel() == 12  # fixed steps: one evaluation per iteration
+    wolfe = dlg(t, p, g, iters=12, line_search="strong_wolfe", **kw)
+    assert torch.equal(
+        wolfe.history, dlg(t, p, g, iters=12, line_search="strong_wolfe", **kw).history
+    )
+    assert not torch.equal(wolfe.history[:12], plain.history)
+    assert wolfe.loss <= wolfe.history.min().item()  # the best point evaluated is kept
+    # tolerances stop early: a loose one well before `iters`, a huge one before any step
+    early = dlg(t, p, g, iters=40, tolerance_change=1e-2, **kw)
+    assert 1 < early.history.numel() < 40 and early.loss > dlg(t, p, g, iters=40, **kw).loss
+    assert dlg(t, p, g, iters=12, tolerance_change=1e9, **kw).history.numel() == 1
+    still = dlg(t, p, g, iters=12, tolerance_grad=1e9, init="zeros", **kw)
+    assert still.history.numel() == 1 and torch.equal(still.inputs, torch.zeros(1, *SHAPE))
+    assert dlg(t, p, g, iters=12, max_evals=5, **kw).history.numel() == 5
+    boxed = dlg(t, p, g, iters=1, tolerance_grad=1e9, init="uniform", **kw)
+    assert boxed.inputs.min() >= 0 and boxed.inputs.max() < 1 and boxed.inputs.std() > 0.1
+
+
+def test_restarts_keep_the_lowest_matching_loss():
+    t, p = task(), params()
+    x, y = example(4)
+    g = client_gradient(t, p, x, y)
+    kw = dict(input_shape=SHAPE, num_classes=10, iters=5, key=fedkit.key(11))
+    one, three = dlg(t, p, g, restarts=1, **kw), dlg(t, p, g, restarts=3, **kw)
+    assert three.loss <= one.loss  # restart 0 is the single run
+    assert (three.loss < one.loss) != torch.equal(three.inputs, one.inputs)
+
+
+def test_uniform_init_with_a_line_search_reconstructs_a_digit():
+    t, p = task(), params()
+    x, y = example(1)
+    g = client_gradient(t, p, x, y)
+    rec = dlg(
+        t,
+        p,
+        g,
+        input_shape=SHAPE,
+        num_classes=10,
+        iters=30,
+        line_search="strong_wolfe",
+        init="uniform",
+        key=fedkit.key(2),
+    )
+    scores = evaluate(rec, x, y)
+    assert scores["psnr"] > PSNR_THRESHOLD and scores["psnr_above"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("line_search", "wolfe", "line_search must be one of"),
+        ("tolerance_grad", -1.0, "tolerance_grad must be a finite number >= 0"),
+        ("tolerance_change", float("nan"), "tolerance_change must be a finite number >= 0"),
+        ("max_evals", 0, "max_evals must be None or an int >= 1"),
+        ("init", "gaussian", "init must be one of"),
+        ("history_size", 0, "history_size must be an int >= 1"),
+        ("lr", 0.0, "lr must be a finite number > 0"),
+    ],
+)
+def test_bad_lbfgs_options_are_named(option, value, rule):
+    t, p = task(), params()
+    g = client_gradient(t, p, *example(0))
+    with pytest.raises(ValueError, match=rule):
+        dlg(
+            t,
+            p,
+            g,
+            input_shape=SHAPE,
+            num_classes=10,
+            iters=1,
+            key=fedkit.key(0),
+            **{option: value},
+        )
+    if option == "init":
+        with pytest.raises(ValueError, match=rule):
+            inverting_gradients(
+                t, p, g, input_shape=SHAPE, num_classes=10, iters=1, init=value, key=fedkit.key(0)
+            )
+
+
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3), k=keys, d=st.integers(2, 30))
 def test_cosine_distance_ignores_scale(seed, scale, k, d):
     a = fedkit.normal(fedkit.fold_in(k, seed), d, dtype=torch.float64)

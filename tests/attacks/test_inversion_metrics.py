@@ -19,6 +19,7 @@ from attacks.inversion import (
     match,
     mse,
     psnr,
+    psnr_distribution,
     save_grid,
     ssim,
 )
@@ -152,6 +153,57 @@ def test_evaluate_scores_a_shuffled_perfect_reconstruction():
     before = rec.inputs.clone()
     evaluate(rec, x, y)
     assert torch.equal(rec.inputs, before)
+
+
+def test_psnr_distribution_hand_examples():
+    out = psnr_distribution([10.0, 40.0, 35.0, 12.0])
+    assert out == {"mean": 24.25, "median": 23.5, "above": 0.5, "n": 4.0}
+    assert psnr_distribution(torch.tensor([31.0, 5.0, 90.0]))["median"] == 31.0
+    # an exact copy (inf) counts as a success; the median is robust to it, the mean is not
+    out = psnr_distribution([math.inf, 50.0, 8.0])
+    assert out["median"] == 50.0 and out["above"] == pytest.approx(2 / 3)
+    assert math.isinf(out["mean"])
+    assert psnr_distribution([20.0, 30.0], threshold=30.0)["above"] == 0.0  # strictly above
+    with pytest.raises(ValueError, match="NaN"):
+        psnr_distribution([1.0, math.nan])
+    with pytest.raises(ValueError, match="at least one"):
+        psnr_distribution([])
+    with pytest.raises(ValueError, match="threshold"):
+        psnr_distribution([1.0], threshold=math.inf)
+
+
+@given(
+    values=st.lists(st.floats(-20, 200, allow_nan=False), min_size=1, max_size=30),
+    threshold=st.floats(0, 100),
+)
+def test_psnr_distribution_properties(values, threshold):
+    out = psnr_distribution(values, threshold)
+    v = sorted(values)
+    assert v[0] <= out["median"] <= v[-1]
+    # at least half the values on each side of the median
+    assert sum(x <= out["median"] for x in v) >= len(v) / 2
+    assert sum(x >= out["median"] for x in v) >= len(v) / 2
+    assert out["above"] == sum(x > threshold for x in v) / len(v)
+    assert out["mean"] == pytest.approx(sum(v) / len(v), abs=1e-9)
+    assert out["n"] == len(v)
+
+
+def test_evaluate_reports_the_psnr_distribution_over_the_batch():
+    rng = np.random.default_rng(3)
+    x = torch.as_tensor(rng.uniform(0.2, 0.8, size=(4, 1, 8, 8)))
+    offsets = torch.tensor([0.001, 0.01, 0.1, 0.2], dtype=torch.float64)  # 60, 40, 20, 14 dB
+    rec = Reconstruction(
+        inputs=x + offsets[:, None, None, None],
+        labels=torch.arange(4),
+        history=torch.zeros(1),
+        loss=0.0,
+    )
+    out = evaluate(rec, x, torch.arange(4))
+    per_example = psnr(rec.inputs, x)
+    assert out["psnr"] == pytest.approx(float(per_example.mean()))
+    assert out["psnr_median"] == pytest.approx(float(per_example.sort().values[1:3].mean()))
+    assert out["psnr_above"] == 0.5
+    assert evaluate(rec, x, torch.arange(4), threshold=15.0)["psnr_above"] == 0.75
 
 
 def test_save_grid_writes_a_png_with_one_row_per_tensor(tmp_path):

@@ -66,20 +66,54 @@ def test_trainable_subset_of_a_module():
     assert trainable.names == ("1.weight", "1.bias") and trainable.size == 3
 
 
-def test_mixed_dtypes_promote_and_cast_back():
+def test_mixed_dtypes_promote_and_cast_back_only_when_asked():
     tensors = {"w": torch.ones(2, dtype=torch.float32), "n": torch.tensor([3], dtype=torch.int64)}
     flat, spec = fedkit.flatten(tensors)
     assert flat.dtype == torch.float32 or flat.dtype == torch.float64
-    back = fedkit.unflatten(flat, spec)
+    with pytest.raises(TypeError, match=r"'n' has dtype torch\.int64 but the flat vector has"):
+        fedkit.unflatten(flat, spec)
+    back = fedkit.unflatten(flat, spec, cast=True)
     assert back["n"].dtype == torch.int64 and back["n"].item() == 3
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@given(a=st.sampled_from(_FLOATS), b=st.sampled_from(_FLOATS), seed=st.integers(0, 1000))
+def test_no_entry_is_cast_silently(a, b, seed):
+    """An entry whose dtype differs from the flat vector's is refused, naming both dtypes,
+    unless cast=True; an entry of the flat's own dtype is always a view."""
+    k = fedkit.key(seed)
+    tensors = {
+        "a": fedkit.normal(k, 3, dtype=a),
+        "b": fedkit.normal(fedkit.fold_in(k, 1), 2, dtype=b),
+    }
+    flat, spec = fedkit.flatten(tensors)
+    mixed = [n for n, t in tensors.items() if t.dtype != flat.dtype]
+    if mixed:
+        name = mixed[0]
+        rule = (
+            rf"{name!r} has dtype {tensors[name].dtype} but the flat vector has dtype {flat.dtype}"
+        )
+        with pytest.raises(TypeError, match=rule.replace(".", r"\.")):
+            fedkit.unflatten(flat, spec)
+    else:
+        storage = flat.untyped_storage().data_ptr()
+        for view in fedkit.unflatten(flat, spec).values():
+            assert view.untyped_storage().data_ptr() == storage
+    back = fedkit.unflatten(flat, spec, cast=True)
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and torch.equal(back[name], t)
 
 
 def test_wrong_length_and_dtype_are_refused():
     _, spec = fedkit.flatten({"a": torch.ones(3)})
     with pytest.raises(ValueError, match=r"length 4.*expects 3"):
         fedkit.unflatten(torch.ones(4), spec)
-    with pytest.raises(TypeError, match=r"dtype torch\.float64"):
+    with pytest.raises(TypeError, match=r"dtype torch\.float64, ParamSpec expects torch\.float32"):
         fedkit.unflatten(torch.ones(3, dtype=torch.float64), spec)
+    with pytest.raises(TypeError, match=r"dtype torch\.float64, ParamSpec expects torch\.float32"):
+        fedkit.unflatten(torch.ones(3, dtype=torch.float64), spec, cast=True)  # only entries
     with pytest.raises(ValueError, match="1-D"):
         fedkit.unflatten(torch.ones(1, 3), spec)
     with pytest.raises(KeyError, match="missing"):

@@ -97,3 +97,45 @@ def test_poisson_sampled_rounds_with_an_empty_one_equal_the_simulation(tmp_path)
     ]
     assert rec["metrics"][3]["expected"] == 0
     assert float((deployed_params(out) - expected).abs().max()) <= 1e-5
+
+
+def test_worker_momentum_kept_by_the_nodes_and_fltrust_root_data_equal_the_simulation(tmp_path):
+    """Nodes keep their own worker momentum in Flower's per-node state (the simulation
+    keeps every client's in the driver); the ServerApp trains its own root data for
+    FLTrust; the adversary node replays every client's momentum to compute ALIE on
+    momenta, and the detections agree."""
+    overrides = (
+        "task=digits",
+        "defense=fltrust",
+        "attack=alie",
+        "attack.clients=[1]",
+        "attack.fraction=null",
+        "client.worker_momentum=0.9",
+        "num_clients=4",
+        "strategy.clients_per_round=4",
+        "rounds=3",
+    )
+    out = deploy(tmp_path, 4, overrides)
+    rec = record(out)
+    assert rec["strategy"]["root_examples"] == 100
+    assert rec["strategy"]["client"]["worker_momentum"] == 0.9
+    assert rec["counters"]["detection"]["tp"] + rec["counters"]["detection"]["fn"] == 3
+    sim_dir = tmp_path / "simulated"
+    expected = simulated_params(experiment(*overrides), sim_dir)
+    assert record(sim_dir)["counters"]["detection"] == rec["counters"]["detection"]
+    assert float((deployed_params(out) - expected).abs().max()) <= 1e-5
+
+
+def test_a_nodes_momentum_persists_across_rounds_it_sits_out(tmp_path):
+    overrides = (
+        "task=digits",
+        "client.worker_momentum=0.9",
+        "num_clients=4",
+        "strategy.clients_per_round=2",
+        "rounds=3",
+    )
+    out = deploy(tmp_path, 4, overrides)
+    sampled = [m["expected"] for m in record(out)["metrics"]]
+    assert sampled == [2, 2, 2]
+    expected = simulated_params(experiment(*overrides), tmp_path / "simulated")
+    assert float((deployed_params(out) - expected).abs().max()) <= 1e-5

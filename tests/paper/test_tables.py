@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -249,3 +250,33 @@ def test_latex_of_a_hand_built_table_is_sane():
     check_latex(tex)
     assert r"a\_b & $\mathbf{1.0 \pm 0.5}$ \\" in tex
     assert r"c & -- \\" in tex
+
+
+def test_detection_table_reports_tpr_and_fpr_per_defense_and_attack(tmp_path):
+
+    def counted(defense, attack, seed, tp, fp, tn, fn):
+        r = record(defense, attack, "none", seed, 0.5)
+        det = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+        det["tpr"] = tp / (tp + fn) if tp + fn else None
+        det["fpr"] = fp / (fp + tn) if fp + tn else None
+        r["counters"]["detection"] = det
+        return r
+
+    records = [
+        counted("krum", "alie", 0, 6, 3, 21, 0),
+        counted("krum", "alie", 1, 3, 3, 21, 3),
+        counted("fedavg", "alie", 0, 0, 0, 24, 6),
+        record("fedavg", "none", "none", 0, 0.9),  # no attack: not in the table
+    ]
+    for i, r in enumerate(records):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    rep = make_report(tmp_path, tmp_path / "tables", figures=False)
+    (table,) = rep.tables["detection"]
+    cells = {row[0]: row[1:] for row in table.rows}
+    assert set(cells) == {"fedavg", "krum"}
+    tpr, fpr = cells["krum"]
+    assert tpr.mean == pytest.approx(0.75) and tpr.n == 2
+    assert fpr.mean == pytest.approx(0.125)
+    assert cells["fedavg"][0].mean == 0.0
+    md = (tmp_path / "tables" / "detection.md").read_text()
+    assert "alie TPR" in md and "alie FPR" in md

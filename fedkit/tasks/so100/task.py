@@ -263,7 +263,7 @@ class So100Task:
         k_order, k_steps = split_key(key, 2)
         policy = self._load(flat)
         policy.train()
-        anchor = tuple(unflatten(flat.to(self.config.device), self.spec).values())
+        anchor = tuple(unflatten(flat.to(self.config.device), self.spec, cast=True).values())
         optimizer, clip = self._optimizer(lr)
         data = self._dataset(client)
         order = batch_order(len(data), steps, self.config.batch_size, k_order)
@@ -347,7 +347,8 @@ class So100Task:
                 stacked = torch.stack(grads) if grads else reference.new_zeros(0, reference.numel())
                 noise = dp_noise(setting, k_noise, t, reference)
                 grad = episode_dp_gradient(stacked, c, noise, expected)
-                for p, g in zip(self._params, unflatten(grad, self.spec).values(), strict=True):
+                named = unflatten(grad, self.spec, cast=True)
+                for p, g in zip(self._params, named.values(), strict=True):
                     p.grad = g.to(p.dtype).clone()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -539,7 +540,7 @@ class So100Task:
 
     def _load(self, flat: torch.Tensor) -> torch.nn.Module:
         with torch.no_grad():
-            for p, v in zip(self._params, unflatten(flat, self.spec).values()):
+            for p, v in zip(self._params, unflatten(flat, self.spec, cast=True).values()):
                 p.copy_(v)
             for b, saved in self._buffers:
                 b.copy_(saved)
