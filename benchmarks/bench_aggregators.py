@@ -1,12 +1,17 @@
 """Aggregator benchmark: fedkit vs Flower vs ByzFL on identical inputs, in one process.
 
-Prints a table of median wall times and speed-ups (peer time / fedkit time) and writes it
-as JSON and Markdown. Each library gets the input in its native format (Flower: one list of
+Prints a table of wall times and speed-ups (peer time / fedkit time) and writes it as JSON
+and Markdown. Each row times fedkit and its peers one after the other on the same data, so
+a busy machine slows them alike; ``--best`` takes the fastest call of each (the least
+disturbed one) instead of the median, and the load average before and after the run is
+printed and saved with the results. Each library gets the input in its native format (Flower: one list of
 NumPy arrays per client with an example count; Flower's Message API: RecordDicts holding an
 ArrayRecord; ByzFL and fedkit: one [n, d] tensor); building those inputs is not timed.
 
     python benchmarks/bench_aggregators.py            # quick grid: n in {10, 50}, d in {1e5, 1e6}
     python benchmarks/bench_aggregators.py --full     # the issue's grid: n in {10,50,100}, d up to 1e7
+    python benchmarks/bench_aggregators.py --n 50 --d 1e6 --best --repeats 5 --peer-repeats 3 \
+        --threads 2 --only median trimmed_mean krum multi_krum   # issue 17 §4's measurement
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from fedkit import aggregators as agg
 PEER_BUDGET_S = 60.0
 
 
-def _timeit(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[float, int]:
-    """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call; a call so slow
-    that the repeats would exceed ``budget_s`` is timed once (the warm-up itself)."""
+def _timeit(
+    fn: Callable[[], object], repeats: int, budget_s: float, best: bool = False
+) -> tuple[float, int]:
+    """Median (``best``: minimum) seconds of ``fn`` over ``repeats`` calls after one warm-up
+    call; a call so slow that the repeats would exceed ``budget_s`` is timed once (the
+    warm-up itself)."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -50,7 +58,7 @@ def _timeit(fn: Callable[[], object], repeats: int, budget_s: float) -> tuple[fl
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), repeats
+    return (min(times) if best else statistics.median(times)), repeats
 
 
 def _flower_inputs(u: np.ndarray, w: np.ndarray):
@@ -164,7 +172,18 @@ def _flower_cost_estimate(name: str, n: int, f: int, d: int, per_norm_s: float) 
     return 0.0
 
 
-def run(ns, ds, repeats: int, out_dir: Path, console: Console) -> list[dict]:
+def run(
+    ns,
+    ds,
+    repeats: int,
+    out_dir: Path,
+    console: Console,
+    *,
+    peer_repeats: int | None = None,
+    best: bool = False,
+    only: list[str] | None = None,
+) -> list[dict]:
+    peer_repeats = peer_repeats or repeats
     rows = []
     combos = [(n, d) for n in ns for d in ds]
     with Progress(console=console, transient=True) as progress:
@@ -183,10 +202,12 @@ def run(ns, ds, repeats: int, out_dir: Path, console: Console) -> list[dict]:
                 np.linalg.norm(a - b)
             per_norm = (time.perf_counter() - t0) / 5
             for name, ours, flower, byz, partition in cases(n, f):
+                if only and name not in only and name.split(" ")[0] not in only:
+                    continue
                 progress.update(task, description=f"n={n} d={d:.0e} {name}")
                 row = {"aggregator": name, "n": n, "d": d, "f": f}
                 row["fedkit_s"], _ = _timeit(
-                    lambda ours=ours, U=U, W=W: ours(U, W), repeats, PEER_BUDGET_S
+                    lambda ours=ours, U=U, W=W: ours(U, W), repeats, PEER_BUDGET_S, best
                 )
                 if flower is not None:
                     est = _flower_cost_estimate(name.split(" ")[0], n, f, d, per_norm)
@@ -196,17 +217,21 @@ def run(ns, ds, repeats: int, out_dir: Path, console: Console) -> list[dict]:
                     else:
                         row["flower_s"], _ = _timeit(
                             lambda flower=flower, R=results, M=msgs: flower(R, M),
-                            repeats,
+                            peer_repeats,
                             PEER_BUDGET_S,
+                            best,
                         )
                 if byz is not None:
-                    row["byzfl_s"], _ = _timeit(lambda byz=byz, U=U: byz(U), repeats, PEER_BUDGET_S)
+                    row["byzfl_s"], _ = _timeit(
+                        lambda byz=byz, U=U: byz(U), peer_repeats, PEER_BUDGET_S, best
+                    )
                 if partition:
                     k = n // 2 if name == "median" else f
                     row["np_partition_s"], _ = _timeit(
                         lambda Un=Un, k=k, n=n: np.partition(Un, (k, n - 1 - k), axis=0),
-                        repeats,
+                        peer_repeats,
                         PEER_BUDGET_S,
+                        best,
                     )
                 for peer in ("flower", "byzfl", "np_partition"):
                     if row.get(f"{peer}_s"):
@@ -217,8 +242,8 @@ def run(ns, ds, repeats: int, out_dir: Path, console: Console) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], console: Console) -> str:
-    table = Table(title="Aggregators: median seconds; speed-up = peer time / fedkit time")
+def render(rows: list[dict], console: Console, stat: str = "median") -> str:
+    table = Table(title=f"Aggregators: {stat} seconds; speed-up = peer time / fedkit time")
     cols = [
         "aggregator",
         "n",
@@ -265,17 +290,43 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full", action="store_true", help="n in {10,50,100}, d in {1e5,1e6,1e7}")
     p.add_argument("--n", type=int, nargs="*")
     p.add_argument("--d", type=float, nargs="*")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls of fedkit (and peers)")
+    p.add_argument("--peer-repeats", type=int, help="timed calls of each peer (default: --repeats)")
+    p.add_argument("--best", action="store_true", help="fastest call instead of the median")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--only", nargs="*", help="aggregator names to run (default: all)")
     p.add_argument("--out", type=Path, default=Path("runs/bench_aggregators"))
     args = p.parse_args(argv)
     ns = args.n or ([10, 50, 100] if args.full else [10, 50])
     ds = [int(x) for x in (args.d or ([1e5, 1e6, 1e7] if args.full else [1e5, 1e6]))]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; n={ns}, d={ds}")
-    rows = run(ns, ds, args.repeats, args.out, console)
-    md = render(rows, console)
+    stat = "best" if args.best else "median"
+    peer_repeats = args.peer_repeats or args.repeats
+    setting = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; n={ns}, d={ds}; "
+        f"{stat} of {args.repeats} (fedkit) / {peer_repeats} (peers) calls"
+    )
+    load_before = os.getloadavg()
+    console.print(f"{setting}; load average {load_before[0]:.2f}")
+    rows = run(
+        ns,
+        ds,
+        args.repeats,
+        args.out,
+        console,
+        peer_repeats=peer_repeats,
+        best=args.best,
+        only=args.only,
+    )
+    load_after = os.getloadavg()
+    md = render(rows, console, stat)
+    md = f"{setting}; load average {load_before[0]:.2f} → {load_after[0]:.2f}\n\n{md}"
+    console.print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    meta = {"setting": setting, "load_before": load_before, "load_after": load_after}
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (args.out / "table.md").write_text(md)
     console.print(f"wrote {args.out}/results.json and table.md")
 

@@ -152,7 +152,7 @@ def test_weight_zero_rows_are_absent():
     anybody's score."""
     d = 8
     comp = FoolsGold()
-    u = torch.randn(4, d, dtype=torch.float64)
+    u = torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     u[3] = math.nan
     u0 = u.clone()
     w = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
@@ -165,7 +165,8 @@ def test_weight_zero_rows_are_absent():
 
 
 def test_kernel_and_single_client():
-    u = torch.randn(3, 4, dtype=torch.float64)
+    u = torch.eye(3, 4, dtype=torch.float64)  # client 2 shares no direction with 0 and 1
+    u[1] = torch.tensor([0.3, -1.0, 0.2, 0.5], dtype=torch.float64)
     h = torch.stack([u[0], u[0], u[2]])
     out, w = foolsgold(u, None, histories=h)
     assert out is u and w[:2].tolist() == [0.0, 0.0] and w[2] == 1.0
@@ -177,7 +178,7 @@ def test_kernel_and_single_client():
 
 def test_composes_in_a_chain():
     d, n = 16, 6
-    u = torch.cat([torch.randn(4, d), torch.ones(2, d)])
+    u = torch.cat([torch.randn(4, d, generator=torch.Generator().manual_seed(4)), torch.ones(2, d)])
     server = fedkit.chain(FoolsGold(), fedkit.Mean())
     out, _, info = server(u, None, server.init(d), fedkit.key(0), context=_ctx(range(n), n, d))
     torch.testing.assert_close(out, u[:4].mean(0))
@@ -190,7 +191,7 @@ def test_errors_name_the_argument():
     with pytest.raises(TypeError, match="confidence"):
         FoolsGold(confidence="high")
     comp = FoolsGold()
-    u = torch.randn(3, 4)
+    u = torch.ones(3, 4)
     with pytest.raises(ValueError, match="FoolsGold needs the round's context"):
         comp(u, None, comp.init(4), None)
     with pytest.raises(ValueError, match="more than one row"):

@@ -3,10 +3,13 @@ values nearest a centre, weighted medians.
 
 A chunk is taken transposed, ``[width, m]`` (one row per coordinate, the ``m`` client values
 along the last, contiguous axis), so each selection runs over short contiguous rows. On CPU
-(float32/float64) the chunk is a NumPy array: ``ndarray.partition`` (introselect) is several
-times faster than ``torch.kthvalue``/``torch.sort`` over many short rows, and NumPy releases
-the GIL, so chunks run on a small thread pool (``torch.get_num_threads()`` workers, at
-most ``MAX_WORKERS``).
+(float32/float64) the chunk is a NumPy array: ``ndarray.sort``/``ndarray.partition`` are
+many times faster than ``torch.sort``/``torch.kthvalue`` over many short rows (NumPy sorts a
+short row with AVX-512 sorting networks where the CPU has them), and NumPy releases the
+GIL, so chunks run on a small thread pool (``torch.get_num_threads()`` workers, at most
+``MAX_WORKERS``). Rows of ``SORT_MIN`` to ``SORT_MAX`` values are sorted outright (one sort
+costs about one partition there and yields every order statistic); others are partitioned
+once per order statistic needed (:func:`order_`).
 Elsewhere (GPU, half precision) the chunk is a torch tensor and a sort stands in for the
 partition (a sorted row is partitioned at every position).
 
@@ -27,6 +30,12 @@ import torch
 from fedkit.aggregators._common import coordinate_chunks
 
 SELECT_ELEMENTS = 1 << 20  # values per selection chunk (4 MiB in float32): stays in cache
+# Rows of SORT_MIN..SORT_MAX values are sorted rather than partitioned: NumPy's sort of a
+# short row (SIMD sorting networks where the CPU has them) costs about one partition, and a
+# sorted row holds every order statistic at once (both middles of an even row, both cuts of
+# a trimmed one). Below, one partition (an odd median) is cheaper; above, the m log m of a
+# sort loses to partitioning (crossover near 2000 values on the AVX-512 dev box).
+SORT_MIN, SORT_MAX = 8, 2048
 MAX_WORKERS = 8  # chunks in flight at once on CPU (bounds the peak extra memory)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
@@ -87,17 +96,49 @@ def partition_(block: Block, kth: int) -> Block:
     return block
 
 
+def sorts_rows(block: Block) -> bool:
+    """Whether :func:`order_` sorts ``block``'s rows (rather than partitioning them)."""
+    return not isinstance(block, np.ndarray) or SORT_MIN <= block.shape[1] <= SORT_MAX
+
+
+def order_(block: Block, *kth: int) -> Block:
+    """Reorder each row of ``block`` (in place) so that every position in ``kth`` holds its
+    order statistic (as :func:`partition_` for each, NaN last): by a full sort when
+    :func:`sorts_rows` (then every position holds its order statistic), else by one
+    partition per position, the later ones on the part left of the earlier (``kth``
+    descending). Returns ``block``."""
+    if sorts_rows(block):
+        if isinstance(block, np.ndarray):
+            block.sort(axis=1)
+        else:
+            block.copy_(torch.sort(block, dim=1).values)
+        return block
+    stop = block.shape[1]
+    for k in sorted(set(kth), reverse=True):
+        block[:, :stop].partition(k, axis=1)
+        stop = k
+    return block
+
+
+def row_sums(block: Block) -> Block:
+    """Sum of each row (``[w, m]`` → ``[w]``); on NumPy through ``einsum``, which sums a
+    short strided row several times faster than ``ndarray.sum``."""
+    if isinstance(block, np.ndarray):
+        return np.einsum("ij->i", block)
+    return block.sum(dim=1)
+
+
 def median_(block: Block) -> Block:
     """Median of each row (``[w, m]`` → ``[w]``; ``block`` reordered in place): the middle
     value, or the mean of the two middle values for even ``m`` (as ``np.median``)."""
     m = block.shape[1]
     half = m // 2
-    partition_(block, half)
-    upper = block[:, half]
     if m % 2:
+        order_(block, half)
+        upper = block[:, half]
         return upper.copy() if isinstance(block, np.ndarray) else upper.clone()
-    lower = _xp(block).amax(block[:, :half], axis=1)
-    return (lower + upper) / 2
+    order_(block, half, half - 1)
+    return (block[:, half - 1] + block[:, half]) / 2
 
 
 def trimmed_sum_(block: Block, f: int) -> Block:
@@ -105,13 +146,8 @@ def trimmed_sum_(block: Block, f: int) -> Block:
     ``[w]``; ``block`` reordered in place; needs ``m > 2f``)."""
     m = block.shape[1]
     if f > 0:
-        partition_(block, m - f - 1)  # the f largest now sit at the end ...
-        low = block[:, : m - f]
-        if isinstance(block, np.ndarray):
-            low.partition(f, axis=1)  # ... and the f smallest at the start
-        else:
-            low.copy_(torch.sort(low, dim=1).values)
-    return block[:, f : m - f].sum(axis=1)
+        order_(block, m - f, f)  # the f largest now sit at the end, the f smallest at the start
+    return row_sums(block[:, f : m - f])
 
 
 def mean_nearest_(block: Block, center: Block, k: int) -> Block:

@@ -8,6 +8,7 @@ import torch
 from fedkit.aggregators._common import active_index, check_f_bound, check_updates
 from fedkit.aggregators._select import map_chunks, mean_nearest_, median_
 from fedkit.aggregators.krum import active_sq_distances, rank_rows, sum_of_nearest
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -74,4 +75,4 @@ class Bulyan(KernelReducer):
     """Component for :func:`bulyan`."""
 
     kernel = staticmethod(bulyan)
-    f: int
+    f: int = attrs.field(validator=int_at_least(0))

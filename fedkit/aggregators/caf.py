@@ -14,6 +14,7 @@ from fedkit.aggregators._common import (
     gram,
     weighted_rows,
 )
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -103,4 +104,4 @@ class CAF(KernelReducer):
     """Reducer wrapping :func:`caf` (fields = its hyper-parameters)."""
 
     kernel = staticmethod(caf)
-    f: int = 1
+    f: int = attrs.field(default=1, validator=int_at_least(0))

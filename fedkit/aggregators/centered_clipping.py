@@ -14,6 +14,7 @@ from fedkit.aggregators._common import (
     gather_chunk,
     sq_distances_to,
 )
+from fedkit.core.checks import int_at_least, positive
 from fedkit.core.components import Reducer
 from fedkit.core.keys import Key
 
@@ -99,8 +100,8 @@ class CenteredClipping(Reducer):
     used as the next round's ``center`` (zeros before the first round), as the paper does
     with worker momentum. ``info["clipped"]`` marks the rows scaled down."""
 
-    tau: float
-    iters: int = 1
+    tau: float = attrs.field(validator=positive())
+    iters: int = attrs.field(default=1, validator=int_at_least(1))
 
     def init(self, d: int) -> torch.Tensor:
         return torch.zeros(d)

@@ -11,6 +11,7 @@ from fedkit.aggregators._common import (
     gram,
     weighted_rows,
 )
+from fedkit.core.checks import positive
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -103,4 +104,4 @@ class ClippedClustering(KernelReducer):
     """Reducer wrapping :func:`clipped_clustering` (fields = its hyper-parameters)."""
 
     kernel = staticmethod(clipped_clustering)
-    max_tau: float = 1e5
+    max_tau: float = attrs.field(default=1e5, validator=positive())

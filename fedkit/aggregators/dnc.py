@@ -12,6 +12,7 @@ from fedkit.aggregators._common import (
     sample_coordinates,
     weighted_rows,
 )
+from fedkit.core.checks import int_at_least, number_in
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key, split
 
@@ -93,7 +94,7 @@ class DnC(KernelReducer):
     """Reducer wrapping :func:`dnc` (fields = its hyper-parameters)."""
 
     kernel = staticmethod(dnc)
-    f: int = 1
-    iters: int = 5
-    sub_dim: int = 10_000
-    filter_frac: float = 1.0
+    f: int = attrs.field(default=1, validator=int_at_least(0))
+    iters: int = attrs.field(default=5, validator=int_at_least(1))
+    sub_dim: int = attrs.field(default=10_000, validator=int_at_least(1))
+    filter_frac: float = attrs.field(default=1.0, validator=number_in(0.0))

@@ -8,6 +8,7 @@ import attrs
 import torch
 
 from fedkit.aggregators._common import active_index, check_updates, gram, weighted_rows
+from fedkit.core.checks import int_at_least, number_in, positive
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -99,6 +100,6 @@ class GeometricMedian(KernelReducer):
     """Component for :func:`geometric_median` (RFA)."""
 
     kernel = staticmethod(geometric_median)
-    max_iter: int = 100
-    tol: float = 1e-6
-    eps: float = 1e-8
+    max_iter: int = attrs.field(default=100, validator=int_at_least(1))
+    tol: float = attrs.field(default=1e-6, validator=number_in(0.0))
+    eps: float = attrs.field(default=1e-8, validator=positive())

@@ -9,10 +9,12 @@ from fedkit.aggregators._common import (
     active_index,
     check_f_bound,
     check_updates,
-    pairwise_sq_distances,
+    gram,
+    gram_sq_distances,
     weighted_rows,
 )
-from fedkit.core.components import KernelReducer
+from fedkit.core.checks import int_at_least
+from fedkit.core.components import KernelReducer, as_weights
 from fedkit.core.keys import Key
 
 
@@ -22,8 +24,14 @@ def active_sq_distances(updates: torch.Tensor, index: torch.Tensor) -> torch.Ten
     ordinary rows their precision). A NaN distance (a row holding NaN, or a float64 row so
     huge its square overflows) becomes ``+inf``: such a row is infinitely far from all."""
     rows = None if index.numel() == updates.shape[0] else index
-    dist = pairwise_sq_distances(updates, rows, center="row")
-    dist = (dist + dist.T) / 2  # exactly symmetric, so mutual-neighbour ties are exact
+    return _sq_distances(gram(updates, rows, center="row"))
+
+
+def _sq_distances(g: torch.Tensor) -> torch.Tensor:
+    """Squared distances from a Gram matrix ``g``, made exactly symmetric (so
+    mutual-neighbour ties are exact), NaN as ``+inf``."""
+    dist = gram_sq_distances(g)
+    dist = (dist + dist.T) / 2
     return torch.nan_to_num_(dist, nan=torch.inf)
 
 
@@ -75,6 +83,44 @@ def _checked_distances(updates: torch.Tensor, index: torch.Tensor, f: int) -> to
     return active_sq_distances(updates, index)
 
 
+def krum_selection(
+    updates: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    f: int,
+    m: int = 1,
+    key: Key | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The ``m`` active rows with the lowest :func:`krum_scores`: ``(chosen, scores,
+    finite)`` with ``chosen`` their positions (int64 ``[m]``, best first; ties as in
+    :func:`krum`), ``scores`` the Krum scores (float64 ``[n]``, ``+inf`` for absent rows)
+    and ``finite`` whether every row of ``updates`` is known to be finite (all rows active
+    and every squared norm in the Gram matrix finite), so a weighted sum may multiply the
+    unselected rows by 0. Needs ``n_active >= 2f + 3`` and ``1 <= m <= n_active``.
+    ``key`` is unused.
+
+    Blanchard et al. 2017, Machine Learning with Adversaries: Byzantine Tolerant Gradient
+    Descent (NeurIPS).
+    """
+    updates, w = check_updates(updates, weights)
+    index = active_index(w)
+    if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= index.numel():
+        raise ValueError(
+            f"multi_krum: m must be an int in [1, n_active={index.numel()}], got {m!r}"
+        )
+    check_f_bound(f, index.numel(), factor=2, extra=3, who="krum")
+    rows = None if index.numel() == updates.shape[0] else index
+    g = gram(updates, rows, center="row")
+    # a row holding Inf/NaN has a non-finite squared norm (its centred square sum), and a
+    # finite float32 row never overflows: the Gram matrix redoes such a chunk in float64
+    finite = rows is None and bool(torch.isfinite(torch.diagonal(g)).all())
+    dist = _sq_distances(g)
+    near = sum_of_nearest(dist, index.numel() - f - 2)
+    scores = torch.full((updates.shape[0],), torch.inf, dtype=torch.float64, device=updates.device)
+    scores[index] = near
+    return index[rank_rows(near, dist)[:m]], scores, finite
+
+
 def krum(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
@@ -92,11 +138,16 @@ def krum(
     Blanchard et al. 2017, Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent (NeurIPS).
     """
-    updates, w = check_updates(updates, weights)
-    index = active_index(w)
-    dist = _checked_distances(updates, index, f)
-    best = index[rank_rows(sum_of_nearest(dist, index.numel() - f - 2), dist)[0]]
-    return updates[best].clone()
+    return krum_with_selection(updates, weights, f=f)[0]
+
+
+def krum_with_selection(
+    updates: torch.Tensor, weights: torch.Tensor | None = None, *, f: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`krum` with its selection: ``(out, chosen, scores)`` as in
+    :func:`krum_selection` (``chosen`` holds the one row returned)."""
+    chosen, scores, _ = krum_selection(updates, weights, f=f)
+    return updates[chosen[0]].clone(), chosen, scores
 
 
 def multi_krum(
@@ -113,37 +164,63 @@ def multi_krum(
     ``m = 1`` is Krum. Needs ``n_active >= 2f + 3`` and ``1 <= m <= n_active``.
     ``key`` is unused.
 
+    The mean is one weighted pass over the rows; when every row is finite (all active, and
+    the Gram matrix's squared norms finite) it multiplies the unselected rows by 0 instead
+    of gathering the selected ones chunk by chunk.
+
     Peak extra memory: as :func:`krum_scores`.
 
     Blanchard et al. 2017, Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent (NeurIPS).
     """
+    return multi_krum_with_selection(updates, weights, f=f, m=m)[0]
+
+
+def multi_krum_with_selection(
+    updates: torch.Tensor, weights: torch.Tensor | None = None, *, f: int, m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`multi_krum` with its selection: ``(out, chosen, scores)`` as in
+    :func:`krum_selection`."""
     updates, w = check_updates(updates, weights)
-    index = active_index(w)
-    if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= index.numel():
-        raise ValueError(
-            f"multi_krum: m must be an int in [1, n_active={index.numel()}], got {m!r}"
-        )
-    dist = _checked_distances(updates, index, f)
-    chosen = index[rank_rows(sum_of_nearest(dist, index.numel() - f - 2), dist)[:m]]
+    chosen, scores, finite = krum_selection(updates, w, f=f, m=m)
     coeffs = torch.zeros(updates.shape[0], dtype=torch.float64, device=updates.device)
     chosen_w = w.index_select(0, chosen).to(torch.float64)
     coeffs[chosen] = chosen_w / chosen_w.sum()
-    return weighted_rows(updates, coeffs)
+    return weighted_rows(updates, coeffs, finite=finite), chosen, scores
+
+
+def selection_info(
+    weights: torch.Tensor | None, like: torch.Tensor, chosen: torch.Tensor, scores: torch.Tensor
+) -> dict:
+    """A Krum reducer's info: the active rows of ``like`` (``[n, d]``) not ``chosen`` are
+    rejected with reason ``"krum"``; the Krum scores go under ``"scores"``."""
+    active = as_weights(weights, like.shape[0], like) > 0
+    selected = torch.zeros_like(active).index_fill_(0, chosen, True)
+    return {"rejected": {"krum": active & ~selected}, "scores": {"krum": scores}}
 
 
 @attrs.frozen
 class Krum(KernelReducer):
-    """Component for :func:`krum`."""
+    """Component for :func:`krum`; its info rejects (reason ``"krum"``) every active row
+    but the chosen one and carries the Krum scores under ``"scores"``."""
 
     kernel = staticmethod(krum)
-    f: int
+    f: int = attrs.field(validator=int_at_least(0))
+
+    def __call__(self, updates, weights, state, key):
+        out, chosen, scores = krum_with_selection(updates, weights, f=self.f)
+        return out, state, selection_info(weights, updates, chosen, scores)
 
 
 @attrs.frozen
 class MultiKrum(KernelReducer):
-    """Component for :func:`multi_krum`."""
+    """Component for :func:`multi_krum`; its info rejects (reason ``"krum"``) the active
+    rows outside the ``m`` chosen and carries the Krum scores under ``"scores"``."""
 
     kernel = staticmethod(multi_krum)
-    f: int
-    m: int
+    f: int = attrs.field(validator=int_at_least(0))
+    m: int = attrs.field(validator=int_at_least(1))
+
+    def __call__(self, updates, weights, state, key):
+        out, chosen, scores = multi_krum_with_selection(updates, weights, f=self.f, m=self.m)
+        return out, state, selection_info(weights, updates, chosen, scores)

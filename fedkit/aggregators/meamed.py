@@ -7,6 +7,7 @@ import torch
 
 from fedkit.aggregators._common import active_index, check_f_bound, check_updates
 from fedkit.aggregators._select import map_chunks, mean_nearest_, median_
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -45,4 +46,4 @@ class MeaMed(KernelReducer):
     """Component for :func:`meamed`."""
 
     kernel = staticmethod(meamed)
-    f: int
+    f: int = attrs.field(validator=int_at_least(0))

@@ -15,6 +15,7 @@ from fedkit.aggregators._common import (
     gather_chunk,
     weighted_rows,
 )
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer, RoundContext, require_context
 from fedkit.core.keys import Key
 
@@ -125,7 +126,7 @@ class MoNNA(KernelReducer):
 
     kernel = staticmethod(monna)
     uses_context: ClassVar[bool] = True
-    f: int = 1
+    f: int = attrs.field(default=1, validator=int_at_least(0))
     pivot: int | str = attrs.field(default="server", validator=_check_pivot)
 
     @property

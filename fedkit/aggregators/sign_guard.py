@@ -14,6 +14,7 @@ from fedkit.aggregators._common import (
     sample_coordinates,
     weighted_rows,
 )
+from fedkit.core.checks import number_in, optional
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -142,7 +143,13 @@ class SignGuard(KernelReducer):
     """Reducer wrapping :func:`sign_guard` (fields = its hyper-parameters)."""
 
     kernel = staticmethod(sign_guard)
-    lower: float = 0.1
-    upper: float = 3.0
-    coord_frac: float = 0.1
-    bandwidth: float | None = None
+    lower: float = attrs.field(default=0.1, validator=number_in(0.0))
+    upper: float = attrs.field(default=3.0, validator=number_in(0.0))
+    coord_frac: float = attrs.field(default=0.1, validator=number_in(0.0, 1.0, closed="right"))
+    bandwidth: float | None = attrs.field(default=None, validator=optional(number_in(0.0)))
+
+    def __attrs_post_init__(self) -> None:
+        if self.lower > self.upper:
+            raise ValueError(
+                f"SignGuard needs lower <= upper, got lower={self.lower!r}, upper={self.upper!r}"
+            )

@@ -18,6 +18,7 @@ from fedkit.aggregators._subsets import (
     count_subsets,
     removal_masks,
 )
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -93,5 +94,5 @@ class SMEA(KernelReducer):
     """Reducer wrapping :func:`smea` (fields = its hyper-parameters)."""
 
     kernel = staticmethod(smea)
-    f: int = 1
-    max_subsets: int = DEFAULT_MAX_SUBSETS
+    f: int = attrs.field(default=1, validator=int_at_least(0))
+    max_subsets: int = attrs.field(default=DEFAULT_MAX_SUBSETS, validator=int_at_least(1))

@@ -7,6 +7,7 @@ import torch
 
 from fedkit.aggregators._common import active_index, check_f_bound, check_updates
 from fedkit.aggregators._select import map_chunks, trimmed_sum_
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
 
@@ -48,4 +49,4 @@ class TrimmedMean(KernelReducer):
     """Component for :func:`trimmed_mean`."""
 
     kernel = staticmethod(trimmed_mean)
-    f: int
+    f: int = attrs.field(validator=int_at_least(0))

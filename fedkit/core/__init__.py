@@ -1,5 +1,6 @@
 """Core: explicit keys, flat parameters, the component protocol."""
 
+from fedkit.core import checks
 from fedkit.core.components import (
     Chain,
     Component,
@@ -49,6 +50,7 @@ __all__ = [
     "as_weights",
     "bernoulli",
     "chain",
+    "checks",
     "choice",
     "flatten",
     "fold_in",

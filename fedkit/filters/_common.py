@@ -12,6 +12,7 @@ import math
 import torch
 
 from fedkit.aggregators._common import coordinate_chunks
+from fedkit.core.checks import check_rows as _check_rows
 from fedkit.core.components import as_weights
 
 
@@ -19,22 +20,15 @@ def check_rows(
     updates: torch.Tensor, weights: torch.Tensor | None, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``updates: Tensor[n, d]`` (floating point) and return it with its weights as
-    a float tensor ``[n]`` (ones when None). All-zero weights are allowed here."""
-    if not isinstance(updates, torch.Tensor):
-        raise TypeError(f"{name}: updates must be a torch.Tensor, got {type(updates).__name__}")
-    if updates.ndim != 2:
-        raise ValueError(f"{name}: updates must have shape [n, d], got {tuple(updates.shape)}")
-    if not torch.is_floating_point(updates):
-        raise TypeError(f"{name}: updates must be floating point, got {updates.dtype}")
-    if updates.shape[0] == 0:
-        raise ValueError(f"{name}: updates has no rows (n = 0)")
-    return updates, as_weights(weights, updates.shape[0], updates)
+    a float tensor ``[n]`` (ones when None). All-zero weights are allowed here. The shared
+    check: :func:`fedkit.core.checks.check_rows`."""
+    return _check_rows(updates, weights, name)
 
 
 def check_int(value: object, name: str, low: int) -> int:
     """``value`` as an int ``>= low`` or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import Transform
 from fedkit.core.keys import Key
 from fedkit.filters._common import check_f, check_rows, require_finite, rescale, row_norms
@@ -56,7 +57,7 @@ def arc(
 class ARC(Transform):
     """Component for :func:`arc`; reports the rows it scaled down under ``"clipped"``."""
 
-    f: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
+    f: int = attrs.field(validator=int_at_least(0))
 
     def __call__(self, updates, weights, state, key):
         scale = arc_scales(updates, weights, f=self.f)

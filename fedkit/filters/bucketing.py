@@ -25,6 +25,7 @@ from fedkit.aggregators.meamed import MeaMed
 from fedkit.aggregators.monna import MoNNA
 from fedkit.aggregators.smea import SMEA
 from fedkit.aggregators.trimmed_mean import TrimmedMean
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import Chain, Transform, as_weights
 from fedkit.core.components import chain as compose
 from fedkit.core.keys import Key, permutation
@@ -217,7 +218,7 @@ class Bucketing(Transform):
     emptied rows are not rejections. ``then``: the minimum-rows rule of the component after
     it (set by :func:`check_bucketed_reducer`; ``None``: unchecked), as in the kernel."""
 
-    s: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    s: int = attrs.field(validator=int_at_least(1))
     then: RowRule | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RowRule))
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from fedkit.core.checks import positive
 from fedkit.core.components import Transform
 from fedkit.core.keys import Key
 from fedkit.filters._common import check_positive, check_rows, require_finite, rescale, row_norms
@@ -44,7 +45,7 @@ def clip(
 class Clip(Transform):
     """Component for :func:`clip`; reports the rows it scaled down under ``"clipped"``."""
 
-    max_norm: float = attrs.field(converter=float, validator=attrs.validators.gt(0.0))
+    max_norm: float = attrs.field(converter=float, validator=positive())
 
     def __call__(self, updates, weights, state, key):
         scale = clip_scales(updates, weights, max_norm=self.max_norm)

@@ -6,6 +6,7 @@ import attrs
 import torch
 
 from fedkit.aggregators.krum import krum_scores
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import Transform, as_weights
 from fedkit.core.keys import Key
 from fedkit.filters._common import check_int, check_rows
@@ -58,10 +59,8 @@ class KrumSelect(Transform):
     """Component for :func:`krum_select`: rejected rows carry the reason ``"krum"`` and the
     Krum scores are reported under ``"scores"``."""
 
-    f: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
-    m: int = attrs.field(
-        default=1, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
-    )
+    f: int = attrs.field(validator=int_at_least(0))
+    m: int = attrs.field(default=1, validator=int_at_least(1))
 
     def __call__(self, updates, weights, state, key):
         w = as_weights(weights, updates.shape[0], updates)

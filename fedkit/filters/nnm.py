@@ -11,6 +11,7 @@ from fedkit.aggregators._common import (
     gather_chunk,
     pairwise_sq_distances,
 )
+from fedkit.core.checks import int_at_least
 from fedkit.core.components import Transform
 from fedkit.core.keys import Key
 from fedkit.filters._common import check_f, check_rows
@@ -64,7 +65,7 @@ def nnm(
 class NNM(Transform):
     """Component for :func:`nnm` (it never rejects a row, so its info is empty)."""
 
-    f: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
+    f: int = attrs.field(validator=int_at_least(0))
 
     def __call__(self, updates, weights, state, key):
         return nnm(updates, weights, f=self.f, key=key), state, {}

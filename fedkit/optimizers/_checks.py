@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-import attrs
 import torch
+
+from fedkit.core.checks import number_in
 
 
 def check_delta(delta: torch.Tensor, name: str) -> torch.Tensor:
@@ -50,5 +51,5 @@ def check_real(
     return value
 
 
-unit_interval = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.lt(1.0))
+unit_interval = number_in(0.0, 1.0, closed="left")
 """attrs validator for decay rates: ``0 <= value < 1``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from fedkit.core.checks import number_in, positive
 from fedkit.optimizers._adaptive import (
     AdaptiveOptimizer,
     AdaptiveState,
@@ -53,9 +54,9 @@ class FedAdam(AdaptiveOptimizer):
     starts at ``initial_accumulator``."""
 
     step_fn = staticmethod(adam_step)
-    lr: float = attrs.field(default=0.1, converter=float, validator=attrs.validators.gt(0.0))
+    lr: float = attrs.field(default=0.1, converter=float, validator=positive())
     beta1: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
     beta2: float = attrs.field(default=0.99, converter=float, validator=unit_interval)
-    tau: float = attrs.field(default=1e-9, converter=float, validator=attrs.validators.ge(0.0))
+    tau: float = attrs.field(default=1e-9, converter=float, validator=number_in(0.0))
     bias_correction: bool = False
-    initial_accumulator: float = attrs.field(default=0.0, converter=float)
+    initial_accumulator: float = attrs.field(default=0.0, converter=float, validator=number_in(0.0))

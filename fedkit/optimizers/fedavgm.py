@@ -7,6 +7,7 @@ from typing import NamedTuple
 import attrs
 import torch
 
+from fedkit.core.checks import positive
 from fedkit.core.components import ServerTransform
 from fedkit.optimizers._checks import check_delta, check_real, like_delta, unit_interval
 
@@ -45,7 +46,7 @@ def momentum_step(
 class FedAvgM(ServerTransform):
     """Component for :func:`momentum_step`; its state is a :class:`MomentumState`."""
 
-    lr: float = attrs.field(default=1.0, converter=float, validator=attrs.validators.gt(0.0))
+    lr: float = attrs.field(default=1.0, converter=float, validator=positive())
     momentum: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
 
     def init(self, d: int) -> MomentumState:

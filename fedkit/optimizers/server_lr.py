@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from fedkit.core.checks import positive
 from fedkit.core.components import ServerTransform
 from fedkit.optimizers._checks import check_delta, check_real
 
@@ -26,7 +27,7 @@ def server_lr_step(
 class ServerLR(ServerTransform):
     """Component for :func:`server_lr_step`."""
 
-    lr: float = attrs.field(converter=float, validator=attrs.validators.gt(0.0))
+    lr: float = attrs.field(converter=float, validator=positive())
 
     def __call__(self, updates, weights, state, key):
         step, state = server_lr_step(updates, state, lr=self.lr)

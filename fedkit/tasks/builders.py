@@ -197,6 +197,8 @@ def synthetic(
     iid: bool = False,
     num_users: int = 30,
     train_fraction: float = 0.9,
+    max_samples_per_client: int | None = None,
+    data_seed: Key | int | None = None,
     key: Key | int,
 ) -> SupervisedTask:
     """The FedProx paper's Synthetic(α, β) (or Synthetic-IID with ``iid=True``; α and β
@@ -205,9 +207,27 @@ def synthetic(
     the users' remaining examples, ``meta["test_users"]`` naming each row's user.
     Inputs ``float32[N, 60]``, labels ``int64`` in 0..9.
 
+    ``max_samples_per_client``: at most this many examples per user (client) before the
+    split, so at most ``floor(train_fraction · cap)`` training examples per client
+    (``None``: the paper's uncapped sizes). ``data_seed``: draws the data set, so runs
+    with different ``key`` (the run's seed) share one data set; ``None`` draws it from
+    ``key`` as before. The partition is the natural one (nothing else here is random).
+
     Li et al. 2020, Federated optimization in heterogeneous networks.
     """
-    users = synthetic_users(alpha, beta, iid=iid, num_users=num_users, key=_as_key(key))
+    cap = max_samples_per_client
+    if cap is not None and (
+        not isinstance(cap, int) or isinstance(cap, bool) or int(cap * train_fraction) < 1
+    ):
+        raise ValueError(
+            f"max_samples_per_client={cap!r}: needs an int with at least one training "
+            f"example per client, i.e. floor(train_fraction · cap) >= 1 "
+            f"(train_fraction={train_fraction}), or None for no cap"
+        )
+    data_key = _as_key(key if data_seed is None else data_seed)
+    users = synthetic_users(
+        alpha, beta, iid=iid, num_users=num_users, max_samples=cap, key=data_key
+    )
     train = per_user_split(users, train_fraction)
     parts = partition.natural(users.user[train])
     x_train, y_train = users.x[train], users.y[train]
@@ -228,5 +248,8 @@ def synthetic(
             "partition": "natural",
             "user_sizes": users.sizes,
             "test_users": users.user[~train],
+            # only when set, so the meta (and run fingerprints) of default tasks stay as they were
+            **({} if cap is None else {"max_samples_per_client": cap}),
+            **({} if data_seed is None else {"data_seed": data_key.to_hex()}),
         },
     )

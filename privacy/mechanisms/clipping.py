@@ -13,6 +13,7 @@ import math
 import attrs
 import torch
 
+from fedkit.core.checks import check_rows as _shared_check_rows
 from fedkit.core.components import Transform
 from fedkit.filters._common import check_rows as _check_filter_rows
 from fedkit.filters._common import require_finite, rescale
@@ -37,14 +38,10 @@ def check_non_negative(name: str, value: float) -> float:
     return v
 
 
-def check_rows(updates: torch.Tensor) -> None:
-    """A clear error unless ``updates`` is a floating ``Tensor[n, d]``."""
-    if not isinstance(updates, torch.Tensor):
-        raise TypeError(f"updates must be a torch.Tensor, got {type(updates).__name__}")
-    if updates.ndim != 2:
-        raise ValueError(f"updates must have shape [n, d], got {tuple(updates.shape)}")
-    if not torch.is_floating_point(updates):
-        raise TypeError(f"updates must be floating point, got {updates.dtype}")
+def check_rows(updates: torch.Tensor, who: str = "clip_rows") -> None:
+    """A clear error unless ``updates`` is a floating ``Tensor[n, d]`` (``n = 0`` allowed);
+    the shared check :func:`fedkit.core.checks.check_rows`, messages prefixed by ``who``."""
+    _shared_check_rows(updates, None, who, allow_empty=True)
 
 
 def clip_scales_l1(

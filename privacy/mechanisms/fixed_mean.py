@@ -39,7 +39,7 @@ def fixed_denominator_mean(
 
     (McMahan et al. 2018, Learning Differentially Private Recurrent Language Models.)
     """
-    check_rows(updates)
+    check_rows(updates, "fixed_denominator_mean")
     check_positive("expected_weight", expected_weight)
     w = as_weights(weights, updates.shape[0], updates)
     check_unit_weights(w)

@@ -35,6 +35,9 @@ for the tree/binary mechanism.)
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import attrs
 import torch
 
@@ -55,7 +58,13 @@ def lowbit(t: int) -> int:
 
 
 def _check_restart(value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or int(value) != value
+        or value < 1
+    ):
         raise ValueError(f"restart_every must be None or an integer >= 1, got {value!r}")
 
 

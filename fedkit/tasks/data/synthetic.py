@@ -14,6 +14,11 @@ per-user draws of ``W_k``, ``b_k`` and ``v_k``, not from α.
 The IID variant (the paper's "Synthetic-IID") uses one ``W, b ~ N(0, 1)`` for every user
 and ``v_k = 0``; user sizes are drawn as above.
 
+``max_samples`` caps every ``n_k`` (an option of this library, not of the paper: the
+log-normal sizes have a heavy tail and the largest user dominates a round's run time). The
+capped data set is the uncapped one with each user's rows beyond the cap removed, so a cap
+changes how much data a user holds and nothing else.
+
 Li et al. 2020, Federated optimization in heterogeneous networks (FedProx).
 """
 
@@ -69,10 +74,17 @@ def synthetic_users(
     num_users: int = 30,
     dim: int = DIM,
     num_classes: int = NUM_CLASSES,
+    max_samples: int | None = None,
     key: Key,
 ) -> SyntheticUsers:
     """Every user's examples of Synthetic(α, β) (or Synthetic-IID with ``iid=True``),
-    drawn in float64 from ``key`` and returned as float32 inputs and int64 labels."""
+    drawn in float64 from ``key`` and returned as float32 inputs and int64 labels.
+
+    ``max_samples``: keep at most this many examples of each user (its first ones; rows are
+    i.i.d. within a user), ``None`` for the paper's uncapped sizes. Every draw is the same
+    with or without the cap, so the capped users are a prefix of the uncapped ones.
+
+    Li et al. 2020, Federated optimization in heterogeneous networks."""
     if alpha < 0 or beta < 0:
         raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
     if num_users < 1 or dim < 1 or num_classes < 2:
@@ -80,6 +92,10 @@ def synthetic_users(
             f"need num_users >= 1, dim >= 1, num_classes >= 2; got {num_users}, {dim}, "
             f"{num_classes}"
         )
+    if max_samples is not None and (
+        not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1
+    ):
+        raise ValueError(f"max_samples must be None or an int >= 1, got {max_samples!r}")
     k_n, k_u, k_b_mean, k_v, k_w, k_b, k_x = split(key, 7)
     f64 = torch.float64
     sizes = user_sizes(k_n, num_users)
@@ -96,6 +112,10 @@ def synthetic_users(
     user = torch.repeat_interleave(torch.arange(num_users), sizes)
     std = torch.arange(1, dim + 1, dtype=f64).pow(-0.6)  # sqrt of Σ_jj = j^-1.2
     x = v[user] + normal(k_x, (user.numel(), dim), dtype=f64) * std
+    if max_samples is not None:  # drop each user's rows past the cap, after every draw
+        rank = torch.arange(user.numel()) - (torch.cumsum(sizes, 0) - sizes)[user]
+        keep = rank < max_samples
+        x, user, sizes = x[keep], user[keep], sizes.clamp(max=max_samples)
     y = _local_logits(x, sizes, w, b).argmax(dim=1)
     return SyntheticUsers(x=x.to(torch.float32), y=y, user=user, sizes=sizes)
 
