@@ -106,7 +106,13 @@ def test_deploy_local_prometheus_holds_the_runs_rounds_replies_and_node_training
         assert one("max_over_time(fedkit_nodes_connected[1h])") == NODES
         assert one("max_over_time(fedkit_quorum_misses_total[1h])") == 0
         info = prom.query("last_over_time(fedkit_run_info[1h])")
-        assert [m["fingerprint"] for m, _ in info] == [rec["run"]["fingerprint"]]
+        # a scrape before the run started sees the Info metric still without labels (how
+        # prometheus_client exposes an unset Info): only the labelled series is the run's
+        labelled = [m["fingerprint"] for m, _ in info if "fingerprint" in m]
+        assert labelled == [rec["run"]["fingerprint"]]
+        assert all(
+            set(m) <= {"__name__", "instance", "job"} for m, _ in info if "fingerprint" not in m
+        )
         trained = prom.query('max_over_time(fedkit_node_messages_total{outcome="trained"}[1h])')
         assert sorted((m["node"], v) for m, v in trained) == [
             (str(i), float(ROUNDS)) for i in range(NODES)

@@ -64,9 +64,9 @@ WORST_MD = """\
 """
 
 BACKDOOR_MD = """\
-**Backdoor attack on b-iid with faults: none: final test accuracy (%) on clean test images and backdoor success (%, triggered test images of other classes classified as the target), mean ± std over seeds; best per column in bold.**
+**Backdoor attacks on b-iid with faults: none: per attack, final test accuracy (%) on clean test images and attack success rate (ASR, %: triggered test images of other classes classified as the target), mean ± std over seeds; best per column in bold.**
 
-| Defense | Clean accuracy (%) | Backdoor success (%) |
+| Defense | backdoor clean (%) | backdoor ASR (%) |
 |:---|---:|---:|
 | krum | **86.0 ± 1.4** | 30.0 ± 7.1 |
 | median | **86.0** | **5.0** |
