@@ -10,7 +10,8 @@ Run config (``[tool.flwr.app.config]``; :data:`RUN_CONFIG`):
   ``registry``: the node registry file if not ``out-dir/registry.json``; ``resume``;
   ``keep-checkpoints``;
 * ``round-deadline``, ``sample-timeout`` (s), ``min-nodes`` (0: the quorum),
-  ``poll-interval`` (s): how the server waits; ``signed-replies`` (default true): replies
+  ``poll-interval`` (s), ``object-timeout`` (s: the most a reply's upload may keep the
+  server waiting once its message arrived): how the server waits; ``signed-replies`` (default true): replies
   must carry their node's signature (:class:`fedkit.flower.LoopConfig`);
 * ``metrics-port`` (0: off), ``metrics-host`` (default 127.0.0.1): the ServerApp's Prometheus
   endpoint with ``/healthz`` and ``/readyz`` (:mod:`fedkit.run.metrics`; its address lands in
@@ -68,6 +69,7 @@ RUN_CONFIG: dict[str, Any] = {
     "sample-timeout": 60.0,
     "min-nodes": 0,
     "poll-interval": 0.2,
+    "object-timeout": 60.0,
     "signed-replies": True,
     "metrics-port": 0,
     "metrics-host": "127.0.0.1",
@@ -179,6 +181,7 @@ def server_setup(
         sample_timeout=float(rc["sample-timeout"]),
         min_nodes=int(rc["min-nodes"]) or exp.strategy.quorum,
         poll_interval=float(rc["poll-interval"]),
+        object_timeout=float(rc["object-timeout"]),
         signed_replies=bool(rc["signed-replies"]),
     )
     return ServerSetup(

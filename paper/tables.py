@@ -25,6 +25,8 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from paper.records import Run
 from paper.table import Column, Stat, Table
 
@@ -271,13 +273,23 @@ def worst_case(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
     return tables
 
 
-def backdoor(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
-    """Table (e), one per (task, fault setting) with backdoor success rates: per defense
-    (rows) and backdoor attack (pairs of columns), the clean accuracy and the attack success
-    rate (ASR)."""
-    order = order or {}
+@attrs.frozen
+class _Pair:
+    """Two numbers per (defense, attack) cell: run fields ``fields`` shown under ``headers``
+    (``{a}`` is the attack) with their better direction."""
+
+    fields: tuple[str, str]
+    headers: tuple[str, str]
+    better: tuple[str, str]
+
+
+def _paired_tables(
+    runs: Sequence[Run], order: Order, name: str, pair: _Pair, caption: Callable[..., str]
+) -> list[Table]:
+    """One table per (task, fault setting): defenses (rows) × attacks, two columns each
+    (``pair``); ``caption(task, chaos, seeds_phrase)``."""
     tables = []
-    for task, chaos, group in _blocks([r for r in runs if r.backdoor is not None], order):
+    for task, chaos, group in _blocks(runs, order):
         attacks = ordered({r.attack for r in group}, order.get("attack", ()))
         cells = group_by(group, lambda r: (r.defense, r.noise_multiplier, r.attack))
         rows, stats = [], []
@@ -285,60 +297,62 @@ def backdoor(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
             row: list[Any] = [label]
             for a in attacks:
                 members = cells.get((d, z, a), [])
-                pair = (Stat.of(r.accuracy for r in members), Stat.of(r.backdoor for r in members))
-                row += pair
-                stats += pair
+                values = [Stat.of(getattr(r, f) for r in members) for f in pair.fields]
+                row += values
+                stats += values
             rows.append(row)
-        caption = (
-            f"Backdoor attacks on {task} with faults: {chaos}: per attack, final test accuracy "
-            "(%) on clean test images and attack success rate (ASR, %: triggered test images "
-            f"of other classes classified as the target), mean ± std {_seeds_phrase(stats)}; "
-            "best per column in bold."
-        )
         columns = [Column("Defense", kind="text")]
         for a in attacks:
             columns += [
-                Column(f"{a} clean (%)", better="max", scale=PERCENT),
-                Column(f"{a} ASR (%)", better="min", scale=PERCENT),
+                Column(h.format(a=a), better=b, scale=PERCENT)
+                for h, b in zip(pair.headers, pair.better, strict=True)
             ]
         group_names = (("Task", task), ("Faults", chaos))
-        tables.append(Table(f"backdoor_{task}_{chaos}", caption, columns, rows, group_names))
+        tables.append(
+            Table(
+                f"{name}_{task}_{chaos}",
+                caption(task, chaos, _seeds_phrase(stats)),
+                columns,
+                rows,
+                group_names,
+            )
+        )
     return tables
+
+
+def backdoor(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
+    """Table (e), one per (task, fault setting) with backdoor success rates: per defense
+    (rows) and backdoor attack (pairs of columns), the clean accuracy and the attack success
+    rate (ASR)."""
+    return _paired_tables(
+        [r for r in runs if r.backdoor is not None],
+        order or {},
+        "backdoor",
+        _Pair(("accuracy", "backdoor"), ("{a} clean (%)", "{a} ASR (%)"), ("max", "min")),
+        lambda task, chaos, seeds: (
+            f"Backdoor attacks on {task} with faults: {chaos}: per attack, final test accuracy "
+            "(%) on clean test images and attack success rate (ASR, %: triggered test images "
+            f"of other classes classified as the target), mean ± std {seeds}; "
+            "best per column in bold."
+        ),
+    )
 
 
 def detection(runs: Sequence[Run], order: Order | None = None) -> list[Table]:
     """Table (f), one per (task, fault setting) with attacked runs that count detections:
     per defense (rows) and attack, the true-positive rate (poisoned replies the server
     rejected, %) and the false-positive rate (honest replies rejected, %)."""
-    order = order or {}
-    tables = []
-    counted = [r for r in runs if r.attack != "none" and (r.tpr is not None or r.fpr is not None)]
-    for task, chaos, group in _blocks(counted, order):
-        attacks = ordered({r.attack for r in group}, order.get("attack", ()))
-        cells = group_by(group, lambda r: (r.defense, r.noise_multiplier, r.attack))
-        rows, stats = [], []
-        for d, z, label in defense_rows(group, order):
-            row: list[Any] = [label]
-            for a in attacks:
-                members = cells.get((d, z, a), [])
-                for value in (Stat.of(r.tpr for r in members), Stat.of(r.fpr for r in members)):
-                    row.append(value)
-                    stats.append(value)
-            rows.append(row)
-        caption = (
+    return _paired_tables(
+        [r for r in runs if r.attack != "none" and (r.tpr is not None or r.fpr is not None)],
+        order or {},
+        "detection",
+        _Pair(("tpr", "fpr"), ("{a} TPR", "{a} FPR"), ("max", "min")),
+        lambda task, chaos, seeds: (
             f"Detection on {task} with faults: {chaos}: per attack, TPR = poisoned replies the "
             "server rejected (or gave zero weight) over poisoned replies that reached it, FPR = "
-            f"honest replies rejected over honest replies, in %, mean ± std {_seeds_phrase(stats)}."
-        )
-        columns = [Column("Defense", kind="text")]
-        for a in attacks:
-            columns += [
-                Column(f"{a} TPR", better="max", scale=PERCENT),
-                Column(f"{a} FPR", better="min", scale=PERCENT),
-            ]
-        group_names = (("Task", task), ("Faults", chaos))
-        tables.append(Table(f"detection_{task}_{chaos}", caption, columns, rows, group_names))
-    return tables
+            f"honest replies rejected over honest replies, in %, mean ± std {seeds}."
+        ),
+    )
 
 
 KINDS: dict[str, Callable[[Sequence[Run], Order | None], list[Table]]] = {

@@ -83,22 +83,12 @@ def invalid_values(field: attrs.Attribute) -> list[object]:
 # valid arguments that differ for one class
 CLASS_REQUIRED = {"AdaptiveClipMean": {"noise_multiplier": 0.5}}
 
-# validators still to add in files another session owns right now (issue 17 §3): the cases
-# run as non-strict xfail until they land, then this table empties.
-PENDING: set[str] = set()  # components still without validators (none)
-
 
 def base_kwargs(cls: type) -> dict[str, object]:
     kwargs = {
         a.name: REQUIRED[a.name] for a in attrs.fields(cls) if a.default is attrs.NOTHING and a.init
     }
     return {**kwargs, **CLASS_REQUIRED.get(cls.__name__, {})}
-
-
-def _marks(cls: type) -> list:
-    if cls.__name__ in PENDING:
-        return [pytest.mark.xfail(reason="validator pending (issue 17 §3)", strict=False)]
-    return []
 
 
 def cases():
@@ -114,7 +104,6 @@ def cases():
                     field.name,
                     value,
                     id=f"{cls.__name__}.{field.name}={value!r}",
-                    marks=_marks(cls),
                 )
 
 
@@ -146,7 +135,7 @@ def test_invalid_argument_raises_at_construction(cls, name, value):
 
 
 COUNTS = [
-    pytest.param(cls, field.name, id=f"{cls.__name__}.{field.name}", marks=_marks(cls))
+    pytest.param(cls, field.name, id=f"{cls.__name__}.{field.name}")
     for cls in COMPONENTS
     for field in attrs.fields(cls)
     if field.init and numeric_kind(field) == "int"

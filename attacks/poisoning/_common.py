@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedkit.aggregators._common import coordinate_chunks
+from fedkit.core.checks import floating_tensor
 from fedkit.core.components import Role, hyperparameters
 from fedkit.core.keys import Key
 
@@ -24,12 +25,7 @@ from fedkit.core.keys import Key
 def check_honest(honest: torch.Tensor, num_byzantine: int, name: str, *, min_rows: int = 1) -> int:
     """Validate ``honest: Tensor[h, d]`` (floating, at least ``min_rows`` rows) and
     ``num_byzantine`` (an int >= 0); return ``num_byzantine``."""
-    if not isinstance(honest, torch.Tensor):
-        raise TypeError(f"{name}: honest must be a torch.Tensor, got {type(honest).__name__}")
-    if honest.ndim != 2:
-        raise ValueError(f"{name}: honest must have shape [h, d], got {tuple(honest.shape)}")
-    if not torch.is_floating_point(honest):
-        raise TypeError(f"{name}: honest must be floating point, got {honest.dtype}")
+    floating_tensor(honest, name, "honest", "[h, d]")
     if honest.shape[0] < min_rows:
         raise ValueError(f"{name}: needs at least {min_rows} honest row(s), got {honest.shape[0]}")
     if isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fedkit.core.components import as_weights
+from fedkit.core.checks import check_rows
 from fedkit.core.keys import Key, generator
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements per chunk: 16 MiB in float32
@@ -22,20 +22,9 @@ def check_updates(
     updates: torch.Tensor, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``updates: Tensor[n, d]`` (floating) and return ``(updates, weights)`` with
-    weights as a float tensor ``[n]`` (ones when None). At least one weight must be positive."""
-    if not isinstance(updates, torch.Tensor):
-        raise TypeError(f"updates must be a torch.Tensor, got {type(updates).__name__}")
-    if updates.ndim != 2:
-        raise ValueError(f"updates must have shape [n, d], got {tuple(updates.shape)}")
-    if not torch.is_floating_point(updates):
-        raise TypeError(f"updates must be floating point, got {updates.dtype}")
-    n = updates.shape[0]
-    if n == 0:
-        raise ValueError("updates has no rows (n = 0)")
-    w = as_weights(weights, n, updates)
-    if not bool((w > 0).any()):
-        raise ValueError("every weight is zero: no client to aggregate")
-    return updates, w
+    weights as a float tensor ``[n]`` (ones when None). At least one weight must be positive
+    (:func:`fedkit.core.checks.check_rows`)."""
+    return check_rows(updates, weights, "", require_active=True)
 
 
 def active_index(weights: torch.Tensor) -> torch.Tensor:

@@ -167,6 +167,19 @@ def optional(validator: Validator) -> Validator:
     return validate
 
 
+def floating_tensor(value: object, who: str, what: str, shape: str) -> torch.Tensor:
+    """``value`` as a floating ``torch.Tensor`` with as many dimensions as ``shape`` names
+    (``"[n, d]"``, ``"[d]"``), else a TypeError/ValueError saying ``who: what must ...``."""
+    lead = f"{who}: " if who else ""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{lead}{what} must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != shape.count(",") + 1:
+        raise ValueError(f"{lead}{what} must have shape {shape}, got {tuple(value.shape)}")
+    if not torch.is_floating_point(value):
+        raise TypeError(f"{lead}{what} must be floating point, got {value.dtype}")
+    return value
+
+
 def check_rows(
     updates: torch.Tensor,
     weights: torch.Tensor | None,
@@ -179,20 +192,16 @@ def check_rows(
     ``weights`` a finite non-negative ``Tensor[n]`` (ones when None). Returns ``(updates,
     weights)`` with the weights as a float tensor on the updates' device. With
     ``require_active`` at least one weight must be positive; ``allow_empty`` accepts
-    ``n = 0``. Messages start with ``who``."""
-    if not isinstance(updates, torch.Tensor):
-        raise TypeError(f"{who}: updates must be a torch.Tensor, got {type(updates).__name__}")
-    if updates.ndim != 2:
-        raise ValueError(f"{who}: updates must have shape [n, d], got {tuple(updates.shape)}")
-    if not torch.is_floating_point(updates):
-        raise TypeError(f"{who}: updates must be floating point, got {updates.dtype}")
+    ``n = 0``. Messages start with ``who`` (none when empty)."""
+    lead = f"{who}: " if who else ""
+    floating_tensor(updates, who, "updates", "[n, d]")
     n = updates.shape[0]
     if n == 0 and not allow_empty:
-        raise ValueError(f"{who}: updates has no rows (n = 0)")
+        raise ValueError(f"{lead}updates has no rows (n = 0)")
     try:
         w = as_weights(weights, n, updates)
     except ValueError as err:
-        raise ValueError(f"{who}: {err}") from None
+        raise ValueError(f"{lead}{err}") from None
     if require_active and not bool((w > 0).any()):
-        raise ValueError(f"{who}: every weight is zero: no client to aggregate")
+        raise ValueError(f"{lead}every weight is zero: no client to aggregate")
     return updates, w

@@ -58,6 +58,21 @@ from fedkit.strategy import ServerState, Strategy
 FEDKIT = "fedkit"  # name of the ConfigRecord with the round's bookkeeping
 METRICS = "metrics"
 NODE_UNAVAILABLE = 5  # flwr.common.constant.ErrorCode.NODE_UNAVAILABLE
+# flwr.common.constant.ErrorCode: MESSAGE_UNAVAILABLE (the request, or a reply's objects, not
+# found in time) and REPLY_MESSAGE_UNAVAILABLE (the reply expired)
+UNDELIVERED = frozenset({3, 4})
+
+
+def error_reason(code: int, node_left: bool) -> str:
+    """Why an error reply's client is lost: ``node_unavailable`` (the SuperLink stopped
+    hearing the node), ``node_gone`` (the request or reply was lost and the node has left or
+    restarted since the round began), ``reply_unavailable`` (lost, the node still there),
+    else ``client_error`` (the ClientApp raised, crashed or was refused by a mod)."""
+    if code == NODE_UNAVAILABLE:
+        return "node_unavailable"
+    if code in UNDELIVERED:
+        return "node_gone" if node_left else "reply_unavailable"
+    return "client_error"
 
 
 @attrs.frozen
@@ -65,7 +80,10 @@ class LoopConfig:
     """How the server waits: seconds for nodes to appear (``sample_timeout``) and for
     replies (``round_deadline``), the nodes it waits for (``min_nodes``) and how often it
     polls (``poll_interval``); whether replies must carry their node's signature
-    (``signed_replies``: needs SuperNode authentication, :mod:`fedkit.flower.signing`)."""
+    (``signed_replies``: needs SuperNode authentication, :mod:`fedkit.flower.signing`); how
+    long it waits for the objects of a reply whose message has arrived (``object_timeout``,
+    never past the round deadline: a node that dies mid-upload costs at most this; raise it
+    for large models on slow links)."""
 
     round_deadline: float = 120.0
     sample_timeout: float = 60.0
@@ -73,10 +91,13 @@ class LoopConfig:
     poll_interval: float = 0.2
     signed_replies: bool = True
     node_check: float = 1.0  # s between checks that the nodes waited for are still there
+    object_timeout: float = 60.0
 
     def __attrs_post_init__(self) -> None:
         if self.round_deadline <= 0 or self.sample_timeout < 0 or self.poll_interval <= 0:
             raise ValueError("round_deadline and poll_interval must be > 0, sample_timeout >= 0")
+        if not self.object_timeout > 0:
+            raise ValueError(f"object_timeout must be > 0 seconds, got {self.object_timeout!r}")
 
 
 def bound_object_pulls(max_time: float) -> None:
@@ -84,7 +105,8 @@ def bound_object_pulls(max_time: float) -> None:
     objects to ``max_time`` s. A node killed after pushing a reply but before its objects
     would otherwise hold the ServerApp in ``pull_messages`` for up to 2 h (``flwr/supercore/
     constant.py`` ``PULL_MAX_TIME``); past the bound Flower returns an error reply instead
-    (lost as ``client_error``)."""
+    (``MESSAGE_UNAVAILABLE``: lost as ``node_gone`` when the node left, else
+    ``reply_unavailable``; :func:`error_reason`)."""
     try:
         from flwr.supercore.inflatable import inflatable_utils
         from flwr.superlink.grid import http_grid
@@ -174,7 +196,7 @@ class FlowerTransport:
 
     def start(self, run: Any) -> None:
         self.run = run
-        bound_object_pulls(self.config.round_deadline)
+        bound_object_pulls(min(self.config.object_timeout, self.config.round_deadline))
         spec: ParamSpec = run.spec
         limit = run.strategy.max_reply_bytes
         self.max_bytes = limit if limit is not None else 2 * spec.size * spec.torch_dtype.itemsize
@@ -226,6 +248,7 @@ class FlowerTransport:
                 )
             )
             client_of_message.append(c)
+        active = self.activations()  # a node re-activated after this lost what it was sent
         with run.phase("send", messages=len(messages)) as parent:  # tracing: its traceparent
             ids = list(self.grid.push_messages(with_parent(messages, parent))) if messages else []
         sent = {
@@ -234,7 +257,15 @@ class FlowerTransport:
         }
         gone: set[str] = set()
         with run.phase("collect"):
-            arrived = self.collect(sent, time.monotonic() + cfg.round_deadline, gone=gone)
+            arrived = self.collect(
+                sent, time.monotonic() + cfg.round_deadline, gone=gone, active=active
+            )
+        undelivered = {
+            sent[m.metadata.reply_to_message_id][0]
+            for m in arrived
+            if m.has_error() and m.error.code in UNDELIVERED
+        }
+        left = self.departed(active, undelivered) if undelivered else set()
         keys = self.public_keys() if cfg.signed_replies else {}
         replies: list[Reply] = []
         rejected: Counter[str] = Counter()
@@ -247,8 +278,7 @@ class FlowerTransport:
             node, client = sent[mid]
             answered.add(mid)
             if message.has_error():
-                unavailable = message.error.code == NODE_UNAVAILABLE
-                reason = "node_unavailable" if unavailable else "client_error"
+                reason = error_reason(int(message.error.code), node in left)
                 lost[reason] += 1
                 verdicts.append(Verdict(client, "lost", reason, node))
                 continue
@@ -329,14 +359,20 @@ class FlowerTransport:
         }
 
     def collect(
-        self, sent: dict[str, tuple[int, int]], deadline: float, gone: set[str] | None = None
+        self,
+        sent: dict[str, tuple[int, int]],
+        deadline: float,
+        gone: set[str] | None = None,
+        active: dict[int, str] | None = None,
     ) -> list[Message]:
         """Pull replies until every message has one, its node is gone or ``deadline``; at
         most one reply per message (the first) is kept. With ``gone``, the messages given up
-        because their node left (:meth:`departed`, every ``node_check`` s) are added to it."""
+        because their node left since ``active`` (:meth:`activations`; default: now) was taken
+        (:meth:`departed`, every ``node_check`` s) are added to it."""
         waiting, out = set(sent), []
         check = gone is not None
-        active = self.activations() if check else {}
+        if check and active is None:
+            active = self.activations()
         next_check = time.monotonic() + self.config.node_check
         while waiting:
             for reply in self.grid.pull_messages(list(waiting)):
@@ -347,7 +383,7 @@ class FlowerTransport:
             if not waiting or time.monotonic() >= deadline:
                 break
             if check and time.monotonic() >= next_check:
-                left = self.departed(active, {sent[m][0] for m in waiting})
+                left = self.departed(active or {}, {sent[m][0] for m in waiting})
                 given_up = {m for m in waiting if sent[m][0] in left}
                 if given_up:  # a reply may have landed just before its node left
                     for reply in self.grid.pull_messages(list(given_up)):

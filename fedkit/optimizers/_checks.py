@@ -6,18 +6,12 @@ import math
 
 import torch
 
-from fedkit.core.checks import number_in
+from fedkit.core.checks import floating_tensor, number_in
 
 
 def check_delta(delta: torch.Tensor, name: str) -> torch.Tensor:
     """``delta`` must be a floating ``Tensor[d]`` (the aggregate of the client updates)."""
-    if not isinstance(delta, torch.Tensor):
-        raise TypeError(f"{name}: the aggregate must be a torch.Tensor, got {type(delta).__name__}")
-    if delta.ndim != 1:
-        raise ValueError(f"{name}: the aggregate must have shape [d], got {tuple(delta.shape)}")
-    if not torch.is_floating_point(delta):
-        raise TypeError(f"{name}: the aggregate must be floating point, got {delta.dtype}")
-    return delta
+    return floating_tensor(delta, name, "the aggregate", "[d]")
 
 
 def like_delta(buffer: torch.Tensor, delta: torch.Tensor, what: str, name: str) -> torch.Tensor:

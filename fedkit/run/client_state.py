@@ -23,19 +23,20 @@ import torch
 class ClientStates:
     """Per-client state of all ``N`` clients (``momentum``: ``[N, d]`` or ``None`` before
     the first round that needs it). Values are never changed in place: :meth:`with_rows`
-    returns a new one."""
+    returns a new one (one ``N · d`` copy per round: a memory copy, small beside the round's
+    training, bought for a state a checkpoint or an adversary's replay can hold on to)."""
 
     momentum: torch.Tensor | None = None
 
     def momentum_rows(self, clients: torch.Tensor, num_clients: int, like: torch.Tensor):
         """The momenta of ``clients`` (``[m, d]``; zeros for a client without one yet)."""
         if self.momentum is None:
-            return torch.zeros(clients.numel(), like.numel(), dtype=like.dtype)
+            return torch.zeros(clients.numel(), like.numel(), dtype=like.dtype, device=like.device)
         if self.momentum.shape[0] != num_clients:
             raise ValueError(
                 f"client state holds {self.momentum.shape[0]} clients, the run has {num_clients}"
             )
-        return self.momentum.index_select(0, clients)
+        return self.momentum.index_select(0, clients.to(self.momentum.device))
 
     def with_rows(
         self, clients: torch.Tensor, rows: torch.Tensor, num_clients: int
@@ -45,8 +46,9 @@ class ClientStates:
             return self
         base = self.momentum
         if base is None:
-            base = torch.zeros(num_clients, rows.shape[1], dtype=rows.dtype)
-        return ClientStates(momentum=base.index_copy(0, clients, rows.to(base.dtype)))
+            base = torch.zeros(num_clients, rows.shape[1], dtype=rows.dtype, device=rows.device)
+        index = clients.to(base.device)
+        return ClientStates(momentum=base.index_copy(0, index, rows.to(base)))
 
     def to_tree(self) -> dict[str, torch.Tensor]:
         return {} if self.momentum is None else {"momentum": self.momentum}

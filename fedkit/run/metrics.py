@@ -35,7 +35,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     generate_latest,
 )
 
@@ -127,7 +126,15 @@ class ServerMetrics:
         self.test_loss = Gauge("fedkit_test_loss", "Latest test loss", registry=r)
         self.train_loss = Gauge("fedkit_train_loss", "Latest mean local loss", registry=r)
         self.events = Counter("fedkit_events", "Run events, by kind", ["event"], registry=r)
-        self.info = Info("fedkit_run", "The run: config fingerprint, seed, task", registry=r)
+        # a labelled gauge, not an Info: it exposes nothing until the run sets its labels (an
+        # unset Info is exposed as a series without labels, which a scrape before the run
+        # starts would record)
+        self.info = Gauge(
+            "fedkit_run_info",
+            "The run: config fingerprint, seed, task (value 1)",
+            ["fingerprint", "seed", "task", "transport"],
+            registry=r,
+        )
 
 
 def series_names(registry: CollectorRegistry) -> set[str]:
@@ -288,14 +295,12 @@ class PrometheusMetrics(Callback):
     def on_run_start(self, run: Run) -> None:
         self.start()
         m = self.metrics
-        m.info.info(
-            {
-                "fingerprint": str(run.fingerprint),
-                "seed": "" if run.seed is None else str(run.seed),
-                "task": str(run.task.name),
-                "transport": str(run.transport.name),
-            }
-        )
+        m.info.labels(
+            fingerprint=str(run.fingerprint),
+            seed="" if run.seed is None else str(run.seed),
+            task=str(run.task.name),
+            transport=str(run.transport.name),
+        ).set(1)
         m.rounds_planned.set(run.rounds)
         m.round.set(run.state.round)
         self.round = run.state.round

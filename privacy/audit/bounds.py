@@ -133,12 +133,13 @@ def clopper_pearson(successes: int, trials: int, *, alpha: float) -> tuple[float
     n = _check_count("trials", trials)
     if k > n:
         raise ValueError(f"successes must be at most trials, got {k} > {n}")
-    lo, hi = _cp_bounds(np.array([k]), n, _check_level("alpha", alpha))
+    lo, hi = clopper_pearson_bounds(np.array([k]), n, _check_level("alpha", alpha))
     return float(lo[0]), float(hi[0])
 
 
-def _cp_bounds(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised :func:`clopper_pearson` over success counts ``k`` (no checks)."""
+def clopper_pearson_bounds(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`clopper_pearson` over success counts ``k`` out of ``n`` (no checks):
+    ``(lower, upper)`` arrays."""
     k = np.asarray(k, dtype=np.float64)
     if n == 0:
         return np.zeros_like(k), np.ones_like(k)
@@ -190,8 +191,8 @@ class ThresholdTest:
 def _bounds(hits, runs, alarms, other_runs, alpha, delta):
     """Vectorised ε lower bounds of tests with ``hits`` of ``runs`` and ``alarms`` of
     ``other_runs``, each rate bounded at level ``alpha``."""
-    tpr_lo, _ = _cp_bounds(hits, runs, alpha)
-    _, fpr_hi = _cp_bounds(alarms, other_runs, alpha)
+    tpr_lo, _ = clopper_pearson_bounds(hits, runs, alpha)
+    _, fpr_hi = clopper_pearson_bounds(alarms, other_runs, alpha)
     with np.errstate(divide="ignore", invalid="ignore"):
         eps = np.log(np.maximum(tpr_lo - delta, 0.0) / fpr_hi)
     return np.maximum(np.nan_to_num(eps, nan=0.0, neginf=0.0), 0.0), tpr_lo, fpr_hi

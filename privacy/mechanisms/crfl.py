@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import attrs
 import torch
-from scipy.stats import beta as beta_dist
 
 from fedkit.core.components import RoundContext, ServerTransform, require_context
 from fedkit.core.keys import Key, normal, split
@@ -328,12 +327,14 @@ def _votes(predict, params, sigma, keys, num_classes) -> torch.Tensor:
 
 
 def clopper_pearson_lower(successes: torch.Tensor, trials: int, *, alpha: float) -> torch.Tensor:
-    """One-sided Clopper–Pearson lower bounds (float64, like ``successes``): the
-    ``alpha``-quantile of ``Beta(k, n − k + 1)``, 0 where ``k = 0``; each holds with
-    probability at least ``1 − alpha`` (Clopper & Pearson 1934, Biometrika)."""
+    """One-sided Clopper–Pearson lower bounds (float64, like ``successes``), each holding
+    with probability at least ``1 − alpha``
+    (:func:`privacy.audit.bounds.clopper_pearson_bounds`)."""
+    from privacy.audit.bounds import clopper_pearson_bounds  # the audits import the mechanisms
+
     k = torch.as_tensor(successes, dtype=torch.float64)
-    lower = beta_dist.ppf(alpha, k.clamp(min=1.0).numpy(), (trials - k + 1).numpy())
-    return torch.where(k > 0, torch.as_tensor(lower, dtype=torch.float64), torch.zeros_like(k))
+    lower, _ = clopper_pearson_bounds(k.numpy(), trials, alpha)
+    return torch.as_tensor(lower, dtype=torch.float64)
 
 
 def certified_accuracy(

@@ -14,6 +14,7 @@ import time
 import pytest
 from conftest import needs_flower
 from flower_harness import HEARTBEAT_INF, Federation
+from flwr.app import Error, Message
 
 import fedkit
 from fedkit.flower import FlowerTransport, HonestClient, LoopConfig
@@ -44,6 +45,20 @@ def silent(message, fed):
     return []
 
 
+def upload_cut(message, fed):
+    """Node 2 pushed its reply but died before the reply's objects: what Flower's grid
+    returns once the object pull gives up (``MESSAGE_UNAVAILABLE``), then the node restarts."""
+    restarted(message, fed)
+    return [
+        Message(Error(code=3, reason="Reply message objects are unavailable."), reply_to=message)
+    ]
+
+
+def lost_reply(message, fed):
+    """The same error for a node that is still there (not restarted)."""
+    return [Message(Error(code=4, reason="The reply message has expired."), reply_to=message)]
+
+
 def one_round(tmp_path, task, node2, deadline: float):
     loop = LoopConfig(
         round_deadline=deadline,
@@ -53,6 +68,7 @@ def one_round(tmp_path, task, node2, deadline: float):
         node_check=0.2,
     )
     strategy = fedkit.Strategy(client=fedkit.ClientConfig(epochs=1, batch_size=32, lr=0.1))
+    tmp_path.mkdir(parents=True, exist_ok=True)
     fed = Federation(tmp_path, 3).start([honest(task, 0), honest(task, 1), node2])
     try:
         t0 = time.monotonic()
@@ -76,6 +92,31 @@ def test_a_node_that_is_there_but_silent_is_waited_for_until_the_deadline(tmp_pa
     assert metrics["lost"] == {"late": 1}
     assert metrics["accepted"] == 2
     assert seconds >= 3.0
+
+
+def test_a_reply_lost_with_its_node_is_node_gone_and_one_lost_otherwise_is_not(tmp_path, task):
+    metrics, seconds = one_round(tmp_path / "cut", task, upload_cut, deadline=120.0)
+    assert metrics["lost"] == {"node_gone": 1} and metrics["accepted"] == 2, metrics
+    assert seconds < 30.0
+    metrics, _ = one_round(tmp_path / "lost", task, lost_reply, deadline=120.0)
+    assert metrics["lost"] == {"reply_unavailable": 1} and metrics["accepted"] == 2, metrics
+
+
+@pytest.mark.parametrize(
+    ("code", "left", "reason"),
+    [
+        (5, False, "node_unavailable"),
+        (3, True, "node_gone"),
+        (4, True, "node_gone"),
+        (3, False, "reply_unavailable"),
+        (2, True, "client_error"),
+        (8, False, "client_error"),
+    ],
+)
+def test_error_replies_are_lost_by_what_flower_says_happened(code, left, reason):
+    from fedkit.flower.transport import error_reason
+
+    assert error_reason(code, left) == reason
 
 
 # ---- a real deployment -------------------------------------------------------------------

@@ -122,6 +122,14 @@ def test_checkpoint_age_is_nan_without_checkpoints_and_grows(tmp_path):
     assert checkpoint_age(tmp_path, time.time() + 30) == pytest.approx(30, abs=2)
 
 
+def test_run_info_is_not_exposed_before_the_run_sets_it():
+    """A scrape between the endpoint's start and the run's start sees no run-info series
+    (an unset prometheus_client Info would show up as one without labels)."""
+    metrics = PrometheusMetrics()
+    samples = [s for f in metrics.metrics.info.collect() for s in f.samples]
+    assert samples == []
+
+
 def test_series_names_cover_suffixes_of_unobserved_labelled_metrics():
     names = series_names(PrometheusMetrics().metrics.registry)
     assert {
