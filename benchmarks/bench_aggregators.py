@@ -152,7 +152,7 @@ def cases(n: int, f: int):
         ),
         (
             "centered_clipping",
-            lambda U, W: agg.centered_clipping(U, tau=1.0, iters=3),
+            lambda U, W: agg.centered_clipping(U, clip_norm=1.0, iters=3),
             None,
             bz and (lambda X: byzfl.CenteredClipping(m=None, L=3, tau=1.0)(X)),
             False,
@@ -191,7 +191,7 @@ def run(
         for n, d in combos:
             f = max(1, n // 10)
             key = fedkit.key(n * 1_000_003 + d)
-            U = fedkit.normal(key, (n, d))
+            U = fedkit.core.keys.normal(key, (n, d))
             W = torch.full((n,), 10.0)
             Un, Wn = U.numpy(), W.numpy()
             results = _flower_inputs(Un, Wn)

@@ -70,7 +70,7 @@ def _opacus(factory, x, y):
         noise_multiplier=NOISE,
         max_grad_norm=CLIP,
         expected_batch_size=x.shape[0],
-        generator=fedkit.generator(fedkit.key(1)),
+        generator=fedkit.core.keys.generator(fedkit.key(1)),
     )
 
     def step():

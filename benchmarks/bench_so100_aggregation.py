@@ -46,7 +46,7 @@ AGGREGATORS = {
     "centered_clipping": (
         "fedkit.aggregators.centered_clipping",
         "centered_clipping",
-        {"tau": 1.0, "iters": 3},
+        {"clip_norm": 1.0, "iters": 3},
     ),
     "meamed": ("fedkit.aggregators.meamed", "meamed", {"f": 2}),
 }
@@ -61,7 +61,7 @@ def keyed_updates(n: int, d: int, key: fedkit.Key, chunk: int = 1 << 24) -> torc
         row = fedkit.fold_in(key, i)
         for j, start in enumerate(range(0, d, chunk)):
             stop = min(d, start + chunk)
-            out[i, start:stop] = fedkit.normal(fedkit.fold_in(row, j), stop - start)
+            out[i, start:stop] = fedkit.core.keys.normal(fedkit.fold_in(row, j), stop - start)
     return out
 
 
@@ -100,7 +100,7 @@ def run_one(name: str, n: int, d: int, threads: int | None) -> dict:
     kernel = getattr(importlib.import_module(module), attr)
     key = fedkit.key(2024)
     updates = keyed_updates(n, d, fedkit.fold_in(key, 0))
-    weights = fedkit.randint(fedkit.fold_in(key, 1), 50, 500, n).to(torch.float32)
+    weights = fedkit.core.keys.randint(fedkit.fold_in(key, 1), 50, 500, n).to(torch.float32)
     gc.collect()
     before = psutil.Process().memory_info().rss
     with PeakRss() as rss:

@@ -7,7 +7,7 @@ Synthetic(1,1) with 30 devices; 10 devices sampled per round, E = 20 local epoch
 SGD lr 0.01, multinomial logistic regression, 200 rounds, μ = 1 for FedProx μ > 0 (the
 paper's best μ on the synthetic data). Each round 0 %, 50 % or 90 % of the sampled devices
 are stragglers that manage a uniform random number of epochs in [1, E]: FedAvg drops them,
-both FedProx arms keep their partial work (``fedkit.Stragglers(policy="partial")``). With
+both FedProx arms keep their partial work (``fedkit.PartialWork(policy="partial")``). With
 0 % stragglers FedAvg and FedProx μ = 0 are the same algorithm (drop and partial only differ
 for stragglers); the μ = 0 run stands for both.
 
@@ -114,7 +114,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         client=fedkit.ClientConfig(epochs=20, batch_size=10, lr=0.01, prox_mu=prox_mu),
         server=Mean(),
         clients_per_round=10,
-        stragglers=fedkit.Stragglers(fraction=job["stragglers"], policy=policy),
+        stragglers=fedkit.PartialWork(fraction=job["stragglers"], policy=policy),
     )
     recorder = GlobalLoss()
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -144,7 +144,7 @@ def time_aggregation(base: torch.Tensor, n: int, device: torch.device | str) -> 
     updates = torch.empty(n, d, dtype=torch.float32, device=device)
     scale = float(base.abs().mean()) or 1e-3
     for i in range(n):  # keyed noise, drawn on the CPU so the bits match on every device
-        updates[i] = base.to(device) + fedkit.normal(
+        updates[i] = base.to(device) + fedkit.core.keys.normal(
             fedkit.fold_in(key, i), d, std=scale, device=device
         )
     weights = torch.full((n,), 100.0, device=device)

@@ -91,7 +91,7 @@ SETTINGS = (
 def pick_batch(x: torch.Tensor, y: torch.Tensor, size: int, key: fedkit.Key):
     """``size`` examples with distinct labels, in a keyed random order."""
     chosen: list[int] = []
-    for i in fedkit.permutation(key, y.numel()).tolist():
+    for i in fedkit.core.keys.permutation(key, y.numel()).tolist():
         if int(y[i]) not in {int(y[j]) for j in chosen}:
             chosen.append(i)
         if len(chosen) == size:

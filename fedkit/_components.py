@@ -1,9 +1,10 @@
-"""Every component at the top level: ``fedkit.krum(f=2)`` is ``fedkit.aggregators.Krum(f=2)``.
+"""Every component class at the top level: ``fedkit.Krum`` is ``fedkit.aggregators.Krum``.
 
-Each component is exported twice: under its class name (``fedkit.Krum``, the name to use as a
-Hydra ``_target_``) and under the kernel's lowercase name (``fedkit.krum``), so a chain reads
-like the algorithms it composes. The kernels themselves live in ``fedkit.aggregators``,
-``fedkit.filters`` and ``fedkit.optimizers``.
+Components are exported under their class name (``fedkit.Krum``, also the name to use as a
+Hydra ``_target_``); their kernels, the plain functions, are in :mod:`fedkit.kernels`
+(``fedkit.kernels.krum``). The lowercase aliases of the classes (``fedkit.krum``) are
+deprecated: ``fedkit.__getattr__`` still serves them from :data:`DEPRECATED_ALIASES`, with a
+``DeprecationWarning``, until 0.3.
 """
 
 from fedkit.aggregators import (
@@ -30,41 +31,43 @@ from fedkit.aggregators import (
 from fedkit.filters import ARC, NNM, Bucketing, Clip, FLDetector, FoolsGold, KrumSelect, Sanitize
 from fedkit.optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerLR
 
-# reducers
-mean = Mean
-median = Median
-trimmed_mean = TrimmedMean
-meamed = MeaMed
-geometric_median = GeometricMedian
-krum = Krum
-multi_krum = MultiKrum
-bulyan = Bulyan
-centered_clipping = CenteredClipping
-mda = MDA
-monna = MoNNA
-caf = CAF
-smea = SMEA
-dnc = DnC
-clipped_clustering = ClippedClustering
-sign_guard = SignGuard
-fltrust = FLTrust
-flame = FLAME
-rlr = RLR
-# transforms
-clip = Clip
-arc = ARC
-nnm = NNM
-bucketing = Bucketing
-sanitize = Sanitize
-krum_select = KrumSelect
-foolsgold = FoolsGold
-fldetector = FLDetector
-# server transforms
-server_lr = ServerLR
-fedavgm = FedAvgM
-fedadam = FedAdam
-fedyogi = FedYogi
-fedadagrad = FedAdagrad
+# Deprecated lowercase aliases of the classes (until 0.3): ``fedkit.krum`` is ``fedkit.Krum``,
+# served with a warning by ``fedkit.__getattr__``. Each maps to (class, name of its kernel in
+# fedkit.kernels).
+DEPRECATED_ALIASES: dict[str, tuple[type, str]] = {
+    "mean": (Mean, "mean"),
+    "median": (Median, "median"),
+    "trimmed_mean": (TrimmedMean, "trimmed_mean"),
+    "meamed": (MeaMed, "meamed"),
+    "geometric_median": (GeometricMedian, "geometric_median"),
+    "krum": (Krum, "krum"),
+    "multi_krum": (MultiKrum, "multi_krum"),
+    "bulyan": (Bulyan, "bulyan"),
+    "centered_clipping": (CenteredClipping, "centered_clipping"),
+    "mda": (MDA, "mda"),
+    "monna": (MoNNA, "monna"),
+    "caf": (CAF, "caf"),
+    "smea": (SMEA, "smea"),
+    "dnc": (DnC, "dnc"),
+    "clipped_clustering": (ClippedClustering, "clipped_clustering"),
+    "sign_guard": (SignGuard, "sign_guard"),
+    "fltrust": (FLTrust, "fltrust"),
+    "flame": (FLAME, "flame"),
+    "rlr": (RLR, "rlr"),
+    "clip": (Clip, "clip"),
+    "arc": (ARC, "arc"),
+    "nnm": (NNM, "nnm"),
+    "bucketing": (Bucketing, "bucketing"),
+    "sanitize": (Sanitize, "sanitize"),
+    "krum_select": (KrumSelect, "krum_select"),
+    "foolsgold": (FoolsGold, "foolsgold"),
+    "fldetector": (FLDetector, "fldetector_outliers"),
+    "server_lr": (ServerLR, "server_lr_step"),
+    "fedavgm": (FedAvgM, "momentum_step"),
+    "fedadam": (FedAdam, "adam_step"),
+    "fedyogi": (FedYogi, "yogi_step"),
+    "fedadagrad": (FedAdagrad, "adagrad_step"),
+}
 
 REDUCERS = (
     Mean,
@@ -90,4 +93,9 @@ REDUCERS = (
 TRANSFORMS = (Clip, ARC, NNM, Bucketing, Sanitize, KrumSelect, FoolsGold, FLDetector)
 SERVER_TRANSFORMS = (ServerLR, FedAvgM, FedAdam, FedYogi, FedAdagrad)
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations",)]
+__all__ = [
+    *(cls.__name__ for cls in (*REDUCERS, *TRANSFORMS, *SERVER_TRANSFORMS)),
+    "REDUCERS",
+    "SERVER_TRANSFORMS",
+    "TRANSFORMS",
+]

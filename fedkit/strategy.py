@@ -16,6 +16,7 @@ in-process simulation, the Flower ServerApp) only drive them:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,11 +49,12 @@ def _weighted_mean() -> Component:
 
 
 @attrs.frozen
-class Stragglers:
+class PartialWork:
     """Systems heterogeneity as in the FedProx paper: each round a ``fraction`` of the
     sampled clients are stragglers that manage a uniform random number of work units in
     ``[1, E]`` (E = the config's epochs, or steps). ``policy="drop"`` discards them
-    (FedAvg); ``"partial"`` keeps their partial work (FedProx).
+    (FedAvg); ``"partial"`` keeps their partial work (FedProx). Called ``Stragglers``
+    before 0.2, a name that clashed with :class:`chaos.Stragglers` (the latency fault).
     Li et al. 2020, "Federated Optimization in Heterogeneous Networks"."""
 
     fraction: float = attrs.field(default=0.0)
@@ -63,7 +65,7 @@ class Stragglers:
     @fraction.validator
     def _check_fraction(self, attribute, value):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"Stragglers.fraction must lie in [0, 1], got {value}")
+            raise ValueError(f"PartialWork.fraction must lie in [0, 1], got {value}")
 
 
 @attrs.frozen(eq=False)
@@ -173,7 +175,7 @@ class Strategy:
     weighting: str = "examples"
     quorum: int = 1
     deadline: float | None = None
-    stragglers: Stragglers | None = None
+    stragglers: PartialWork | None = None
     max_reply_bytes: int | None = None
     root_examples: int | None = None
     accountant: Any = None
@@ -376,3 +378,15 @@ class Strategy:
             round=current, params=params + step.to(params.dtype), chain_state=chain_state
         )
         return new, info
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Stragglers":
+        warnings.warn(
+            "fedkit.Stragglers is renamed fedkit.PartialWork (FedProx partial work; "
+            "chaos.Stragglers is the latency fault); Stragglers will be removed in 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return PartialWork
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

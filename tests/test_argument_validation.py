@@ -35,10 +35,8 @@ COMPONENTS = (*fedkit.REDUCERS, *fedkit.TRANSFORMS, *fedkit.SERVER_TRANSFORMS, *
 REQUIRED = {
     "f": 1,
     "m": 2,
-    "tau": 1.0,
     "threshold": 1,
-    "max_norm": 1.0,
-    "s": 2,
+    "bucket_size": 2,
     "lr": 1.0,
     "clip_norm": 1.0,
     "noise_std": 0.1,
@@ -49,7 +47,7 @@ REQUIRED = {
 }
 
 # fields whose values lie in [0, 1] (a value above 1 is invalid)
-# (DnC.filter_frac is a multiplier of f, not a fraction: 1.5 is legitimate.)
+# (DnC.filter_multiplier is a multiplier of f, not a fraction: 1.5 is legitimate.)
 FRACTIONS = {"target_quantile", "coord_frac", "momentum", "beta1", "beta2"}
 
 # (class name, field, value): a value this field legitimately accepts although the generic

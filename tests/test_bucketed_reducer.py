@@ -30,7 +30,7 @@ def test_krum_after_bucketing_is_refused_exactly_when_buckets_are_below_2f_plus_
         with pytest.raises(ValueError) as err:
             check_bucketed_reducer(chain, n)
         msg = str(err.value)
-        assert f"Bucketing(s={s}) with {n} clients per round" in msg
+        assert f"Bucketing(bucket_size={s}) with {n} clients per round" in msg
         assert f"⌈{n}/{s}⌉ = {buckets} buckets" in msg
         assert f"Krum needs n >= 2f + 3 = {2 * f + 3} rows for f={f}" in msg
 
@@ -81,7 +81,9 @@ def test_an_armed_bucketing_fails_early_on_a_short_round_and_changes_nothing_oth
     with pytest.raises(ValueError, match="krum needs n_active"):  # deep inside, no s
         plain(u, None, None, key)
     buckets = num_buckets(n, s)
-    with pytest.raises(ValueError, match=rf"s=2\) with {n} active rows gives ⌈{n}/2⌉ = {buckets}"):
+    with pytest.raises(
+        ValueError, match=rf"bucket_size=2\) with {n} active rows gives ⌈{n}/2⌉ = {buckets}"
+    ):
         armed(u, None, None, key)
 
 
@@ -93,8 +95,8 @@ def test_weight_zero_rows_do_not_count_as_clients_at_call_time():
         armed(u, w, None, fedkit.key(0))
     # the kernel checks the same rule (no logic only in the component)
     with pytest.raises(ValueError, match=r"⌈8/2⌉ = 4 buckets.*Krum needs n >= 2f \+ 3 = 5"):
-        bucketing(u, w, s=2, then=RowRule("Krum", 1, 2, 3), key=fedkit.key(0))
-    _, new_w = bucketing(u, w, s=2, then=RowRule("Krum", 1, 2, 2), key=fedkit.key(0))
+        bucketing(u, w, bucket_size=2, then=RowRule("Krum", 1, 2, 3), key=fedkit.key(0))
+    _, new_w = bucketing(u, w, bucket_size=2, then=RowRule("Krum", 1, 2, 2), key=fedkit.key(0))
     assert int((new_w > 0).sum()) == 4
 
 

@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
     task = fedkit.tasks.synthetic(num_users=6, key=0)
     strategy = fedkit.Strategy(
         client=fedkit.ClientConfig(epochs=1, lr=0.1),
-        server=fedkit.chain(fedkit.clip(max_norm=1.0), fedkit.krum(f=1)),
+        server=fedkit.chain(fedkit.Clip(clip_norm=1.0), fedkit.Krum(f=1)),
     )
     out = Path(tempfile.mkdtemp())
     with warnings.catch_warnings(record=True) as caught:

@@ -95,38 +95,38 @@ def active(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @given(problems(), st.floats(0.05, 20.0))
-def test_clip_bounds_norms_and_keeps_short_rows(problem, max_norm):
+def test_clip_bounds_norms_and_keeps_short_rows(problem, clip_norm):
     u, w = problem
-    out, new_w = clip(u, w, max_norm=max_norm)
+    out, new_w = clip(u, w, clip_norm=clip_norm)
     norms, out_norms = row_norms(u), row_norms(out)
     act = w > 0
-    assert bool((out_norms[act] <= max_norm * (1 + 1e-12)).all())
-    short = ~act | (norms <= max_norm)
+    assert bool((out_norms[act] <= clip_norm * (1 + 1e-12)).all())
+    short = ~act | (norms <= clip_norm)
     assert torch.equal(out[short], u[short])
-    long = act & (norms > max_norm)
-    torch.testing.assert_close(out_norms[long], torch.full_like(out_norms[long], max_norm))
+    long = act & (norms > clip_norm)
+    torch.testing.assert_close(out_norms[long], torch.full_like(out_norms[long], clip_norm))
     # clipping only scales: same direction
-    torch.testing.assert_close(out[long] * norms[long, None] / max_norm, u[long])
+    torch.testing.assert_close(out[long] * norms[long, None] / clip_norm, u[long])
     assert torch.equal(new_w, w)
-    _, _, info = Clip(max_norm)(u, w, (), None)
+    _, _, info = Clip(clip_norm)(u, w, (), None)
     assert torch.equal(info["clipped"], long)
 
 
 def test_clip_by_hand_and_float32_bound():
     u = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
-    out, _ = clip(u, max_norm=1.0)
+    out, _ = clip(u, clip_norm=1.0)
     assert torch.allclose(out, torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]]))
     assert torch.equal(out[1:], u[1:])
     rng = np.random.default_rng(3)
     big = torch.as_tensor(rng.normal(0, 100.0, size=(6, 1000)), dtype=torch.float32)
-    out, _ = clip(big, max_norm=0.5)
+    out, _ = clip(big, clip_norm=0.5)
     assert out.dtype == torch.float32
     assert float(out.double().norm(dim=1).max()) <= 0.5 * (1 + 1e-6)
 
 
 def test_clip_with_nothing_to_clip_returns_rows_unchanged():
     u = torch.tensor([[0.1, 0.2], [0.0, 0.3]])
-    out, _ = clip(u, max_norm=1.0)
+    out, _ = clip(u, clip_norm=1.0)
     assert torch.equal(out, u)
 
 
@@ -233,7 +233,7 @@ def test_nnm_by_hand():
 @given(problems(), st.integers(1, 5), keys)
 def test_bucketing_preserves_weight_and_weighted_mean(problem, s, key):
     u, w = problem
-    out, new_w = bucketing(u, w, s=s, key=key)
+    out, new_w = bucketing(u, w, bucket_size=s, key=key)
     m = int((w > 0).sum())
     b = math.ceil(m / s)
     assert out.shape == u.shape and new_w.shape == w.shape
@@ -248,10 +248,10 @@ def test_bucketing_preserves_weight_and_weighted_mean(problem, s, key):
 @given(problems(), st.integers(1, 5), keys)
 def test_bucketing_is_keyed_and_each_active_row_in_one_bucket(problem, s, key):
     u, w = problem
-    a, aw = bucketing(u, w, s=s, key=key)
-    b, bw = bucketing(u, w, s=s, key=key)
+    a, aw = bucketing(u, w, bucket_size=s, key=key)
+    b, bw = bucketing(u, w, bucket_size=s, key=key)
     assert torch.equal(a, b) and torch.equal(aw, bw)
-    bucket = bucket_assignment(w, s=s, key=key)
+    bucket = bucket_assignment(w, bucket_size=s, key=key)
     assert torch.equal(bucket < 0, w == 0)
     sizes = torch.bincount(bucket[bucket >= 0])
     m = int((w > 0).sum())
@@ -266,10 +266,10 @@ def test_bucketing_is_keyed_and_each_active_row_in_one_bucket(problem, s, key):
 
 def test_bucketing_with_s_one_permutes_rows_and_keys_matter():
     u = torch.arange(20.0, dtype=torch.float64).reshape(10, 2)
-    out, new_w = bucketing(u, s=1, key=fedkit.key(0))
+    out, new_w = bucketing(u, bucket_size=1, key=fedkit.key(0))
     assert sorted(out[:, 0].tolist()) == u[:, 0].tolist()
     assert torch.equal(new_w, torch.ones(10, dtype=torch.float64))
-    others = [bucketing(u, s=1, key=fedkit.key(i))[0] for i in range(1, 4)]
+    others = [bucketing(u, bucket_size=1, key=fedkit.key(i))[0] for i in range(1, 4)]
     assert not all(torch.equal(out, o) for o in others)
 
 
@@ -346,10 +346,10 @@ def test_krum_select_by_hand():
 # ------------------------------------------------------------------------ shared properties
 
 KERNELS = {
-    "clip": lambda u, w, k: clip(u, w, max_norm=1.0),
+    "clip": lambda u, w, k: clip(u, w, clip_norm=1.0),
     "arc": lambda u, w, k: arc(u, w, f=1),
     "nnm": lambda u, w, k: nnm(u, w, f=1),
-    "bucketing": lambda u, w, k: bucketing(u, w, s=2, key=k),
+    "bucketing": lambda u, w, k: bucketing(u, w, bucket_size=2, key=k),
     "sanitize": lambda u, w, k: sanitize(u, w),
     "krum_select": lambda u, w, k: krum_select(u, w, f=1, m=2),
 }
@@ -400,17 +400,17 @@ def test_component_fields_are_the_kernel_hyperparameters(component, kernel):
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: clip(torch.ones(3), max_norm=1.0), r"shape \[n, d\]"),
-        (lambda: clip(torch.ones(2, 2, dtype=torch.int64), max_norm=1.0), "floating point"),
-        (lambda: clip(torch.ones(2, 2), max_norm=0.0), "max_norm"),
-        (lambda: clip(torch.ones(2, 2), torch.ones(3), max_norm=1.0), "weights"),
-        (lambda: clip(torch.tensor([[1.0, float("nan")]]), max_norm=1.0), "Sanitize"),
+        (lambda: clip(torch.ones(3), clip_norm=1.0), r"shape \[n, d\]"),
+        (lambda: clip(torch.ones(2, 2, dtype=torch.int64), clip_norm=1.0), "floating point"),
+        (lambda: clip(torch.ones(2, 2), clip_norm=0.0), "clip_norm"),
+        (lambda: clip(torch.ones(2, 2), torch.ones(3), clip_norm=1.0), "weights"),
+        (lambda: clip(torch.tensor([[1.0, float("nan")]]), clip_norm=1.0), "Sanitize"),
         (lambda: arc(torch.ones(3, 2), f=3), "too large"),
         (lambda: arc(torch.ones(3, 2), torch.tensor([1.0, 0.0, 0.0]), f=1), "too large"),
         (lambda: nnm(torch.ones(3, 2), f=-1), ">= 0"),
         (lambda: nnm(torch.tensor([[1.0], [float("inf")]]), f=0), "Sanitize"),
-        (lambda: bucketing(torch.ones(3, 2), s=0, key=fedkit.key(0)), ">= 1"),
-        (lambda: bucketing(torch.ones(3, 2), s=2), "key"),
+        (lambda: bucketing(torch.ones(3, 2), bucket_size=0, key=fedkit.key(0)), ">= 1"),
+        (lambda: bucketing(torch.ones(3, 2), bucket_size=2), "key"),
         (lambda: krum_select(torch.ones(5, 2), f=1, m=6), "m=6"),
     ],
 )

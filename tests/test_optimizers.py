@@ -70,11 +70,11 @@ def test_fedavgm_by_hand():
 def test_adagrad_two_steps_by_hand():
     state = adaptive_init(1, dtype=torch.float64)
     step, state = adagrad_step(
-        torch.tensor([2.0], dtype=torch.float64), state, lr=1.0, beta1=0.0, tau=0.0
+        torch.tensor([2.0], dtype=torch.float64), state, lr=1.0, beta1=0.0, eps=0.0
     )
     assert torch.equal(step, torch.tensor([1.0], dtype=torch.float64))  # 2 / sqrt(4)
     step, state = adagrad_step(
-        torch.tensor([0.0], dtype=torch.float64), state, lr=1.0, beta1=0.0, tau=0.0
+        torch.tensor([0.0], dtype=torch.float64), state, lr=1.0, beta1=0.0, eps=0.0
     )
     assert torch.equal(step, torch.tensor([0.0], dtype=torch.float64))
     assert torch.equal(state.v, torch.tensor([4.0], dtype=torch.float64))
@@ -107,16 +107,16 @@ def test_fedavgm_momentum_zero_lr_one_is_identity(seed, d, rounds):
     d=dims,
     beta1=st.floats(0.0, 0.99),
     beta2=st.floats(0.0, 0.999),
-    tau=st.floats(1e-9, 1e-1),
+    eps=st.floats(1e-9, 1e-1),
     lr=st.floats(1e-3, 1.0),
 )
-def test_first_adam_step_closed_form(seed, d, beta1, beta2, tau, lr):
+def test_first_adam_step_closed_form(seed, d, beta1, beta2, eps, lr):
     (delta,) = deltas(seed, d)
-    step, state = adam_step(delta, adaptive_init(d), lr=lr, beta1=beta1, beta2=beta2, tau=tau)
-    expected = lr * (1 - beta1) * delta / (np.sqrt(1 - beta2) * delta.abs() + tau)
+    step, state = adam_step(delta, adaptive_init(d), lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    expected = lr * (1 - beta1) * delta / (np.sqrt(1 - beta2) * delta.abs() + eps)
     torch.testing.assert_close(step, expected, rtol=1e-12, atol=1e-15)
     # Yogi's first step from v = 0 is Adam's: v = (1 - β₂) Δ̄².
-    ystep, ystate = yogi_step(delta, adaptive_init(d), lr=lr, beta1=beta1, beta2=beta2, tau=tau)
+    ystep, ystate = yogi_step(delta, adaptive_init(d), lr=lr, beta1=beta1, beta2=beta2, eps=eps)
     torch.testing.assert_close(ystep, step, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(ystate.v, state.v, rtol=1e-12, atol=0)
 
@@ -126,7 +126,7 @@ def test_first_bias_corrected_adam_step_is_lr_times_sign(seed, d, beta1, beta2):
     # With bias correction and τ = 0, the first step is lr · Δ̄ / |Δ̄| (Kingma and Ba).
     (delta,) = deltas(seed, d)
     step, _ = adam_step(
-        delta, adaptive_init(d), lr=0.3, beta1=beta1, beta2=beta2, tau=0.0, bias_correction=True
+        delta, adaptive_init(d), lr=0.3, beta1=beta1, beta2=beta2, eps=0.0, bias_correction=True
     )
     torch.testing.assert_close(step, 0.3 * torch.sign(delta), rtol=1e-9, atol=1e-12)
 
@@ -201,10 +201,10 @@ def test_initial_accumulator():
         (lambda: momentum_step(torch.ones(3), momentum_init(2), lr=1.0, momentum=0.5), "init"),
         (lambda: adam_step(torch.ones(2), adaptive_init(2), beta2=1.0), "beta2"),
         (lambda: yogi_step(torch.ones(2), adaptive_init(2), beta1=-0.1), "beta1"),
-        (lambda: adagrad_step(torch.ones(2), adaptive_init(2), tau=-1.0), "tau"),
+        (lambda: adagrad_step(torch.ones(2), adaptive_init(2), eps=-1.0), "eps"),
         (lambda: FedAdam(beta1=1.0), "beta1"),
         (lambda: FedAvgM(lr=-1.0), "lr"),
-        (lambda: FedYogi(tau=-1e-3), "tau"),
+        (lambda: FedYogi(eps=-1e-3), "eps"),
     ],
 )
 def test_bad_input_is_named(call, match):
@@ -304,7 +304,7 @@ def test_fedyogi_agrees_with_flower(seed, d):
     def strategy(**kw):
         return FlowerFedYogi(eta=0.03, beta_1=0.8, beta_2=0.95, tau=1e-3, **kw)
 
-    _agree(strategy, FedYogi(lr=0.03, beta1=0.8, beta2=0.95, tau=1e-3), d, seed)
+    _agree(strategy, FedYogi(lr=0.03, beta1=0.8, beta2=0.95, eps=1e-3), d, seed)
 
 
 @given(seed=seeds, d=st.integers(1, 8))
@@ -316,7 +316,7 @@ def test_fedadagrad_agrees_with_flower_at_beta1_zero(seed, d):
     def strategy(**kw):
         return FlowerFedAdagrad(eta=0.1, tau=1e-3, **kw)
 
-    _agree(strategy, FedAdagrad(lr=0.1, beta1=0.0, tau=1e-3), d, seed)
+    _agree(strategy, FedAdagrad(lr=0.1, beta1=0.0, eps=1e-3), d, seed)
 
 
 @given(seed=seeds, d=st.integers(1, 8))
@@ -329,7 +329,7 @@ def test_fedadam_agrees_with_flower_one_step_ahead(seed, d):
     def strategy(**kw):
         return FlowerFedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-9, **kw)
 
-    comp = FedAdam(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-9, bias_correction=True)
+    comp = FedAdam(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-9, bias_correction=True)
     start = comp.init(d)
     shifted = AdaptiveState(start.m, start.v, torch.ones((), dtype=torch.int64))
     _agree(strategy, comp, d, seed, state=shifted)
@@ -343,7 +343,7 @@ def test_fedadam_first_step_differs_from_flower_by_its_bias_correction():
     d = np.array([1.0, -2.0, 0.5])
     strat = FlowerFedAdam(initial_parameters=ndarrays_to_parameters([x0]), eta=0.1, tau=0.0)
     ((_, flower_x),) = list(_flower_run(strat, x0, [d]))
-    step, _ = adam_step(torch.as_tensor(d), adaptive_init(3), lr=0.1, tau=0.0, bias_correction=True)
+    step, _ = adam_step(torch.as_tensor(d), adaptive_init(3), lr=0.1, eps=0.0, bias_correction=True)
     # Flower's t = 2: step = 0.1 · √(1 − 0.99²)/(1 − 0.9²) · 0.1 Δ/(√0.01 |Δ|)
     flower_factor = np.sqrt(1 - 0.99**2) / (1 - 0.9**2) * 0.1 / np.sqrt(0.01)
     np.testing.assert_allclose(flower_x, 0.1 * flower_factor * np.sign(d), rtol=1e-12)

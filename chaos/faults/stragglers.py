@@ -49,7 +49,7 @@ class Stragglers:
     latency order; without a deadline nothing is lost. Membership is a keyed coin per client
     and round (a pure function of the client, not an exact count of the sampled ones).
 
-    Not to be confused with :class:`fedkit.Stragglers`, which models FedProx's partial work.
+    Not to be confused with :class:`fedkit.PartialWork`, which models FedProx's partial work.
     """
 
     fraction: float = attrs.field(default=0.1, validator=check_probability)

@@ -13,17 +13,19 @@ from fedkit.aggregators._common import (
 )
 from fedkit.core.checks import positive
 from fedkit.core.components import KernelReducer
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key
 
 
+@renamed_arguments(max_tau="max_clip_norm")
 def clipped_clustering(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
-    max_tau: float = 1e5,
+    max_clip_norm: float = 1e5,
     key: Key | None = None,
 ) -> torch.Tensor:
-    """Clip every active row to norm ``τ = min(median active norm, max_tau)``, split the
+    """Clip every active row to norm ``τ = min(median active norm, max_clip_norm)``, split the
     active rows into two clusters by agglomerative clustering of the cosine distance
     ``1 - cos`` with average linkage, and return the weighted mean of the clipped rows of
     the larger cluster.
@@ -46,8 +48,8 @@ def clipped_clustering(
     """
     del key
     updates, w = check_updates(updates, weights)
-    if not max_tau > 0.0:
-        raise ValueError(f"clipped_clustering: max_tau must be > 0, got {max_tau!r}")
+    if not max_clip_norm > 0.0:
+        raise ValueError(f"clipped_clustering: max_clip_norm must be > 0, got {max_clip_norm!r}")
     index = active_index(w)
     rows = None if index.numel() == updates.shape[0] else index  # no gather copy
     w_active = w.index_select(0, index).cpu().to(torch.float64)
@@ -56,7 +58,7 @@ def clipped_clustering(
     norms = torch.diagonal(inner).clamp(min=0.0).sqrt()
     if not bool(torch.isfinite(norms).all()):
         raise ValueError("clipped_clustering: active rows hold NaN/Inf (or values too large)")
-    tau = min(float(torch.quantile(norms, 0.5)), float(max_tau))
+    tau = min(float(torch.quantile(norms, 0.5)), float(max_clip_norm))
     scale = torch.where(norms > tau, tau / norms, torch.ones_like(norms))
     member = _majority_cluster(_cosine_distances(inner, norms), w_active)
     mass = w_active * member
@@ -99,9 +101,10 @@ def _majority_cluster(dist: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return label == min(rank)[2]
 
 
+@renamed_arguments(max_tau="max_clip_norm")
 @attrs.frozen
 class ClippedClustering(KernelReducer):
     """Reducer wrapping :func:`clipped_clustering` (fields = its hyper-parameters)."""
 
     kernel = staticmethod(clipped_clustering)
-    max_tau: float = attrs.field(default=1e5, validator=positive())
+    max_clip_norm: float = attrs.field(default=1e5, validator=positive())

@@ -14,9 +14,11 @@ from fedkit.aggregators._common import (
 )
 from fedkit.core.checks import int_at_least, number_in
 from fedkit.core.components import KernelReducer
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key, split
 
 
+@renamed_arguments(filter_frac="filter_multiplier")
 def dnc(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
@@ -24,7 +26,7 @@ def dnc(
     f: int,
     iters: int = 5,
     sub_dim: int = 10_000,
-    filter_frac: float = 1.0,
+    filter_multiplier: float = 1.0,
     key: Key | None = None,
 ) -> torch.Tensor:
     """Weighted mean of the active rows that survive ``iters`` rounds of spectral filtering.
@@ -32,8 +34,9 @@ def dnc(
     Each round draws ``sub_dim`` coordinates with its own key (all of them, and no key
     needed, when ``sub_dim >= d``), centres the active rows on them at their plain mean,
     scores each row by its squared projection on the top right singular vector of the
-    centred ``[m, sub_dim]`` matrix, and keeps all but the ``floor(filter_frac * f)``
-    highest scores. The rows kept in every round (intersection) are averaged with their
+    centred ``[m, sub_dim]`` matrix, and keeps all but the ``floor(filter_multiplier * f)``
+    highest scores (``filter_multiplier`` is the paper's ``c``: it multiplies ``f`` and may
+    exceed 1). The rows kept in every round (intersection) are averaged with their
     weights; if no row survives every round, the rows removed in the fewest rounds are.
     The singular pair comes from the ``m × m`` Gram matrix of the sampled block
     (score_i = ``λ u_i²`` for its top eigenpair ``(λ, u)``). The filter treats active rows
@@ -54,15 +57,15 @@ def dnc(
         raise ValueError(f"dnc: iters must be a positive int, got {iters!r}")
     if not isinstance(sub_dim, int) or isinstance(sub_dim, bool) or sub_dim < 1:
         raise ValueError(f"dnc: sub_dim must be a positive int, got {sub_dim!r}")
-    if not filter_frac >= 0.0:
-        raise ValueError(f"dnc: filter_frac must be >= 0, got {filter_frac!r}")
+    if not filter_multiplier >= 0.0:
+        raise ValueError(f"dnc: filter_multiplier must be >= 0, got {filter_multiplier!r}")
     index = active_index(w)
     m = index.numel()
     check_f(f, m, "dnc")
     d = updates.shape[1]
-    drop = int(filter_frac * f)
+    drop = int(filter_multiplier * f)
     if drop >= m:
-        raise ValueError(f"dnc: filter_frac * f = {drop} would remove all {m} active rows")
+        raise ValueError(f"dnc: filter_multiplier * f = {drop} would remove all {m} active rows")
     keys = split(key, iters) if key is not None else (None,) * iters
     removals = torch.zeros(m, dtype=torch.int64)
     for round_key in keys:
@@ -89,6 +92,7 @@ def dnc(
     return weighted_rows(updates, full)
 
 
+@renamed_arguments(filter_frac="filter_multiplier")
 @attrs.frozen
 class DnC(KernelReducer):
     """Reducer wrapping :func:`dnc` (fields = its hyper-parameters)."""
@@ -97,4 +101,4 @@ class DnC(KernelReducer):
     f: int = attrs.field(default=1, validator=int_at_least(0))
     iters: int = attrs.field(default=5, validator=int_at_least(1))
     sub_dim: int = attrs.field(default=10_000, validator=int_at_least(1))
-    filter_frac: float = attrs.field(default=1.0, validator=number_in(0.0))
+    filter_multiplier: float = attrs.field(default=1.0, validator=number_in(0.0))

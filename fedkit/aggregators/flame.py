@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import attrs
@@ -17,6 +18,7 @@ from fedkit.aggregators._common import (
     weighted_rows,
 )
 from fedkit.core.components import Reducer, RoundContext, as_weights, require_context
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key, normal
 
 SPACES = ("updates", "models")
@@ -44,18 +46,19 @@ class FlameRound:
     noise_std: float
 
 
+@renamed_arguments(lam="noise_multiplier")
 def flame_round(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
-    lam: float = 0.001,
+    noise_multiplier: float = 0.001,
     space: str = "models",
     params: torch.Tensor | None = None,
     key: Key | None = None,
 ) -> FlameRound:
     """One FLAME aggregation with its decisions (see :func:`flame`)."""
     updates, w = check_updates(updates, weights)
-    lam = check_lam(lam)
+    noise_multiplier = check_noise_multiplier(noise_multiplier)
     space = check_space(space)
     n, d = updates.shape
     index = active_index(w)
@@ -76,10 +79,12 @@ def flame_round(
     if bool(mass.sum() > 0):
         coeffs[index] = (mass * scale / mass.sum()).to(coeffs.device)
     aggregate = weighted_rows(updates, coeffs, finite=rows is None)
-    noise_std = lam * clip_norm
+    noise_std = noise_multiplier * clip_norm
     if noise_std > 0.0:
         if key is None:
-            raise ValueError("flame: adding noise (lam > 0 and a nonzero median norm) needs a key")
+            raise ValueError(
+                "flame: adding noise (noise_multiplier > 0 and a nonzero median norm) needs a key"
+            )
         noise = normal(key, d, std=noise_std, dtype=torch.float64, device=updates.device)
         aggregate = (aggregate.to(torch.float64) + noise).to(updates.dtype)
     full_labels = torch.full((n,), ABSENT, dtype=torch.int64)
@@ -102,11 +107,12 @@ def flame_round(
     )
 
 
+@renamed_arguments(lam="noise_multiplier")
 def flame(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
-    lam: float = 0.001,
+    noise_multiplier: float = 0.001,
     space: str = "models",
     params: torch.Tensor | None = None,
     key: Key | None = None,
@@ -126,8 +132,8 @@ def flame(
        in the paper); each admitted row is scaled by ``min(1, S_t / ‖x_i‖)``.
     3. *Average* the clipped admitted rows, weighted by ``weights`` (the paper's plain
        average ``1/L`` when the weights are equal, e.g. under ``weighting="uniform"``).
-    4. *Noise.* Add ``N(0, σ² I)`` with ``σ = lam · S_t`` (``lam = 0.001``, the paper's value
-       for image classification), drawn with ``key``.
+    4. *Noise.* Add ``N(0, σ² I)`` with ``σ = noise_multiplier · S_t`` (the paper's λ;
+       default 0.001, the paper's value for image classification), drawn with ``key``.
 
     What is clustered (``space``). Algorithm 1 of the paper takes cosine distances between
     the local *models* ``W_i = G_{t−1} + Δ_i``; so does the default ``space="models"``, with
@@ -146,7 +152,7 @@ def flame(
     No admitted row (every row noise; not seen with ``allow_single_cluster``) gives the
     zero vector plus noise. One active row is its own majority. Rows of weight 0
     are absent (they may hold NaN/Inf). Deterministic but for the noise: same key, same
-    output; ``lam = 0`` needs no key.
+    output; ``noise_multiplier = 0`` needs no key.
 
     Extra memory: one coordinate chunk (``_common``), ``O(m²)`` numbers (NumPy holds the
     distance matrix for HDBSCAN), the ``[d]`` output.
@@ -155,16 +161,30 @@ def flame(
     Zeitouni, Koushanfar, Sadeghi, Schneider 2022, "FLAME: Taming Backdoors in Federated
     Learning" (USENIX Security).
     """
-    return flame_round(updates, weights, lam=lam, space=space, params=params, key=key).aggregate
+    return flame_round(
+        updates, weights, noise_multiplier=noise_multiplier, space=space, params=params, key=key
+    ).aggregate
+
+
+def check_noise_multiplier(z: object) -> float:
+    """``noise_multiplier`` as a finite float ``>= 0`` or a ``ValueError`` naming it."""
+    if isinstance(z, bool) or not isinstance(z, int | float) or not 0.0 <= z < float("inf"):
+        raise ValueError(
+            "flame: noise_multiplier must be a finite number >= 0 "
+            f"(noise σ = noise_multiplier·S_t), got {z!r}"
+        )
+    return float(z)
 
 
 def check_lam(lam: object) -> float:
-    """``lam`` as a finite float ``>= 0`` or a ``ValueError`` naming it."""
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0.0 <= lam < float("inf"):
-        raise ValueError(
-            f"flame: lam must be a finite number >= 0 (noise σ = lam·S_t), got {lam!r}"
-        )
-    return float(lam)
+    """Deprecated spelling of :func:`check_noise_multiplier` (removed in 0.3)."""
+    warnings.warn(
+        "fedkit.aggregators.flame.check_lam is renamed check_noise_multiplier; check_lam will "
+        "be removed in 0.3",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return check_noise_multiplier(lam)
 
 
 def check_space(space: object) -> str:
@@ -242,6 +262,7 @@ def _majority(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return labels == int(torch.argmax(counts)), labels  # ties: the lowest label
 
 
+@renamed_arguments(lam="noise_multiplier")
 @attrs.frozen
 class FLAME(Reducer):
     """Reducer for :func:`flame`. ``info``: ``rejected["flame"]`` (active rows outside the
@@ -251,11 +272,11 @@ class FLAME(Reducer):
 
     uses_context: ClassVar[bool] = True
 
-    lam: float = attrs.field(default=0.001, converter=float)
+    noise_multiplier: float = attrs.field(default=0.001, converter=float)
     space: str = attrs.field(default="models")
 
     def __attrs_post_init__(self) -> None:
-        check_lam(self.lam)
+        check_noise_multiplier(self.noise_multiplier)
         check_space(self.space)
 
     def __call__(self, updates, weights, state, key, *, context: RoundContext | None = None):
@@ -263,7 +284,14 @@ class FLAME(Reducer):
         if self.space == "models":
             params = require_context(context, "FLAME(space='models')").params
         w = as_weights(weights, updates.shape[0], updates)
-        out = flame_round(updates, w, lam=self.lam, space=self.space, params=params, key=key)
+        out = flame_round(
+            updates,
+            w,
+            noise_multiplier=self.noise_multiplier,
+            space=self.space,
+            params=params,
+            key=key,
+        )
         info = {
             "rejected": {"flame": (w > 0) & ~out.admitted},
             "clipped": out.clipped,

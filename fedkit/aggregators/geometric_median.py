@@ -10,11 +10,13 @@ import torch
 from fedkit.aggregators._common import active_index, check_updates, gram, weighted_rows
 from fedkit.core.checks import int_at_least, number_in, positive
 from fedkit.core.components import KernelReducer
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key
 
 
+@renamed_arguments(max_iter="iters")
 def weiszfeld_coefficients(
-    g: torch.Tensor, alpha: torch.Tensor, *, max_iter: int, tol: float, eps: float
+    g: torch.Tensor, alpha: torch.Tensor, *, iters: int, tol: float, eps: float
 ) -> torch.Tensor:
     """Smoothed Weiszfeld on the Gram matrix ``g`` (``[m, m]``, float64, rows translated by
     any common vector) with weights ``alpha`` (``[m]``, summing to 1). Every iterate is a
@@ -23,7 +25,7 @@ def weiszfeld_coefficients(
 
     Starts at ``c = alpha`` (the weighted mean); each step sets ``c ∝ alpha_i / max(eps,
     ‖v − x_i‖)``; stops when the objective ``Σ alpha_i ‖v − x_i‖`` changes by at most
-    ``tol`` times its value, or after ``max_iter`` steps. Returns ``c``."""
+    ``tol`` times its value, or after ``iters`` steps. Returns ``c``."""
     diag = torch.diagonal(g)
 
     def distances(c: torch.Tensor) -> torch.Tensor:
@@ -33,7 +35,7 @@ def weiszfeld_coefficients(
     c = alpha
     dist = distances(c)
     objective = float(alpha @ dist)
-    for _ in range(max_iter):
+    for _ in range(iters):
         beta = alpha / dist.clamp(min=eps)
         c = beta / beta.sum()
         dist = distances(c)
@@ -45,11 +47,12 @@ def weiszfeld_coefficients(
     return c
 
 
+@renamed_arguments(max_iter="iters")
 def geometric_median(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
-    max_iter: int = 100,
+    iters: int = 100,
     tol: float = 1e-6,
     eps: float = 1e-8,
     key: Key | None = None,
@@ -58,7 +61,7 @@ def geometric_median(
     over the active rows (``Tensor[d]``), by smoothed Weiszfeld iterations run to
     convergence: each step re-weights the rows by ``α_i / max(eps, ‖v − x_i‖)`` (``eps``
     keeps a step finite when ``v`` sits on a row); stop when the objective changes by at
-    most ``tol`` relative to its value, or after ``max_iter`` steps.
+    most ``tol`` relative to its value, or after ``iters`` steps.
 
     All steps are batched over the rows: distances come from one Gram matrix of the
     active rows, centred on a typical row so huge outliers do not cost the others their
@@ -77,8 +80,8 @@ def geometric_median(
     Transactions on Signal Processing).
     """
     updates, w = check_updates(updates, weights)
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
-        raise ValueError(f"geometric_median: max_iter must be an int >= 1, got {max_iter!r}")
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ValueError(f"geometric_median: iters must be an int >= 1, got {iters!r}")
     if not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"geometric_median: tol must be finite and >= 0, got {tol!r}")
     if not (math.isfinite(eps) and eps > 0):
@@ -89,17 +92,18 @@ def geometric_median(
     alpha = alpha / alpha.sum()
     rows = None if index.numel() == n else index
     g = gram(updates, rows, center="row")
-    c = weiszfeld_coefficients(g, alpha, max_iter=max_iter, tol=tol, eps=eps)
+    c = weiszfeld_coefficients(g, alpha, iters=iters, tol=tol, eps=eps)
     coeffs = torch.zeros(n, dtype=torch.float64, device=updates.device)
     coeffs[index] = c
     return weighted_rows(updates, coeffs)
 
 
+@renamed_arguments(max_iter="iters")
 @attrs.frozen
 class GeometricMedian(KernelReducer):
     """Component for :func:`geometric_median` (RFA)."""
 
     kernel = staticmethod(geometric_median)
-    max_iter: int = attrs.field(default=100, validator=int_at_least(1))
+    iters: int = attrs.field(default=100, validator=int_at_least(1))
     tol: float = attrs.field(default=1e-6, validator=number_in(0.0))
     eps: float = attrs.field(default=1e-8, validator=positive())

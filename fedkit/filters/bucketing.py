@@ -1,7 +1,8 @@
 """Bucketing: average random groups of clients before a robust reducer.
 
-Bucketing turns ``n`` active rows into ``⌈n/s⌉`` buckets, and a robust rule after it counts
-buckets, not clients: Krum needs ``⌈n/s⌉ >= 2f + 3``. :func:`check_bucketed_reducer` checks
+Bucketing turns ``n`` active rows into ``⌈n/bucket_size⌉`` buckets, and a robust rule after it
+counts buckets, not clients: Krum needs ``⌈n/bucket_size⌉ >= 2f + 3``.
+:func:`check_bucketed_reducer` checks
 a chain against such rules (:func:`row_rule`) once the number of clients per round is known,
 and arms each Bucketing with the rule that follows it, so a round that brings too few rows
 fails at the Bucketing with the numbers rather than deep inside the reducer.
@@ -28,6 +29,7 @@ from fedkit.aggregators.trimmed_mean import TrimmedMean
 from fedkit.core.checks import int_at_least
 from fedkit.core.components import Chain, Transform, as_weights
 from fedkit.core.components import chain as compose
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key, permutation
 from fedkit.filters._common import check_int, check_rows
 from fedkit.filters.arc import ARC
@@ -35,10 +37,11 @@ from fedkit.filters.krum_select import KrumSelect
 from fedkit.filters.nnm import NNM
 
 
-def bucket_assignment(weights: torch.Tensor, *, s: int, key: Key) -> torch.Tensor:
+@renamed_arguments(s="bucket_size")
+def bucket_assignment(weights: torch.Tensor, *, bucket_size: int, key: Key) -> torch.Tensor:
     """Bucket of every row (int64, ``[n]``): the active rows in a random order (drawn from
-    ``key``) are cut into consecutive buckets of ``s``; rows of weight 0 get -1."""
-    s = check_int(s, "bucketing: s", 1)
+    ``key``) are cut into consecutive buckets of ``bucket_size``; rows of weight 0 get -1."""
+    bucket_size = check_int(bucket_size, "bucketing: bucket_size", 1)
     if key is None:
         raise ValueError("bucketing needs a key (it draws a random permutation)")
     index = active_index(weights)
@@ -47,7 +50,7 @@ def bucket_assignment(weights: torch.Tensor, *, s: int, key: Key) -> torch.Tenso
         raise ValueError("bucketing: every weight is zero, no row to put in a bucket")
     order = index.index_select(0, permutation(key, m, device=weights.device))
     bucket = torch.full(weights.shape, -1, dtype=torch.int64, device=weights.device)
-    return bucket.index_copy_(0, order, torch.arange(m, device=weights.device) // s)
+    return bucket.index_copy_(0, order, torch.arange(m, device=weights.device) // bucket_size)
 
 
 def bucket_means(
@@ -131,62 +134,66 @@ def row_rule(component: Any) -> RowRule | None:
     return RowRule(type(component).__name__, int(component.f), *bound, keep=int(keep))
 
 
-def num_buckets(n: int, s: int) -> int:
-    """``⌈n/s⌉``: the buckets of ``n`` rows cut in groups of ``s``."""
-    return -(-n // s)
+def num_buckets(n: int, bucket_size: int) -> int:
+    """``⌈n/bucket_size⌉``: the buckets of ``n`` rows cut in groups of ``bucket_size``."""
+    return -(-n // bucket_size)
 
 
-def _too_few(s: int, n: int, rule: RowRule, what: str) -> ValueError:
-    """The error for ``n`` rows (``what``) cut into too few buckets of ``s`` for ``rule``."""
+def _too_few(bucket_size: int, n: int, rule: RowRule, what: str) -> ValueError:
+    """The error for ``n`` rows (``what``) cut into too few buckets of ``bucket_size`` for
+    ``rule``."""
     if n < rule.need:
         fix = f"no bucket size helps: it needs at least {rule.need} {what}"
     else:
-        fix = f"use a bucket size s <= {(n - 1) // (rule.need - 1)} or more {what}"
+        fix = f"use bucket_size <= {(n - 1) // (rule.need - 1)} or more {what}"
     return ValueError(
-        f"Bucketing(s={s}) with {n} {what} gives ⌈{n}/{s}⌉ = {num_buckets(n, s)} buckets, "
+        f"Bucketing(bucket_size={bucket_size}) with {n} {what} gives "
+        f"⌈{n}/{bucket_size}⌉ = {num_buckets(n, bucket_size)} buckets, "
         f"but {rule.who} after it counts buckets as rows: {rule}; {fix}"
     )
 
 
-def check_buckets(weights: torch.Tensor, s: int, then: RowRule | None) -> None:
-    """Raise a ``ValueError`` with the numbers when the ``⌈m/s⌉`` buckets of the ``m``
+def check_buckets(weights: torch.Tensor, bucket_size: int, then: RowRule | None) -> None:
+    """Raise a ``ValueError`` with the numbers when the ``⌈m/bucket_size⌉`` buckets of the ``m``
     active rows fall short of ``then`` (the rule of what follows; None: no check)."""
     if then is None:
         return
     if not isinstance(then, RowRule):
         raise TypeError(f"bucketing: then must be a RowRule or None, got {type(then).__name__}")
     m = int((weights > 0).sum())
-    if num_buckets(m, s) < then.need:
-        raise _too_few(s, m, then, "active rows")
+    if num_buckets(m, bucket_size) < then.need:
+        raise _too_few(bucket_size, m, then, "active rows")
 
 
+@renamed_arguments(s="bucket_size")
 def bucketing(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
     *,
-    s: int,
+    bucket_size: int,
     then: RowRule | None = None,
     key: Key | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shuffle the active rows with ``key``, cut them into ``⌈m/s⌉`` buckets of ``s`` (the
+    """Shuffle the active rows with ``key``, cut them into ``⌈m/bucket_size⌉`` buckets of
+    ``bucket_size`` (the
     last may be smaller) and replace them by the buckets' weighted means: output row ``j``
     is bucket ``j``'s mean with weight the bucket's total weight; the remaining rows are
     zeros of weight 0. The total weight and the weighted mean are preserved. ``then``: the
     minimum-rows rule of what follows (:func:`row_rule`); too few buckets for it raise a
-    ``ValueError`` naming ``s``, ``m``, ``⌈m/s⌉`` and the rule.
+    ``ValueError`` naming ``bucket_size``, ``m``, ``⌈m/bucket_size⌉`` and the rule.
 
     Karimireddy, He and Jaggi 2022, Byzantine-Robust Learning on Heterogeneous Datasets via
     Bucketing (ICLR).
     """
     _, w = check_rows(updates, weights, "bucketing")
-    check_buckets(w, check_int(s, "bucketing: s", 1), then)
-    return bucket_means(updates, w, bucket_assignment(w, s=s, key=key))
+    check_buckets(w, check_int(bucket_size, "bucketing: bucket_size", 1), then)
+    return bucket_means(updates, w, bucket_assignment(w, bucket_size=bucket_size, key=key))
 
 
 def check_bucketed_reducer(chain: Chain | Iterable[Any], clients_per_round: int) -> Chain:
     """Check that every component with a :func:`row_rule` after a :class:`Bucketing` gets
-    enough buckets from ``clients_per_round`` rows (``⌈n/s⌉`` per Bucketing, ``m`` after a
-    KrumSelect); raise a ``ValueError`` naming ``s``, the clients per round, the number of
+    enough buckets from ``clients_per_round`` rows (``⌈n/bucket_size⌉`` per Bucketing, ``m`` after a
+    KrumSelect); raise a ``ValueError`` naming ``bucket_size``, the clients per round, the number of
     buckets and the rule otherwise. Returns the chain with each Bucketing armed with the
     first rule after it (:attr:`Bucketing.then`), so that a round that brings fewer rows
     (dropouts, rejected replies) fails there with the same numbers. A chain without
@@ -196,7 +203,7 @@ def check_bucketed_reducer(chain: Chain | Iterable[Any], clients_per_round: int)
     rows, entering, last = n, n, None  # rows now; rows entering the latest Bucketing; its index
     for i, comp in enumerate(components):
         if isinstance(comp, Bucketing):
-            entering, rows, last = rows, num_buckets(rows, comp.s), i
+            entering, rows, last = rows, num_buckets(rows, comp.bucket_size), i
             continue
         rule = row_rule(comp)
         if rule is None or last is None:
@@ -205,12 +212,13 @@ def check_bucketed_reducer(chain: Chain | Iterable[Any], clients_per_round: int)
             components[last] = attrs.evolve(components[last], then=rule)
         if rows < rule.need:
             what = "clients per round" if entering == n else f"rows (of {n} clients per round)"
-            raise _too_few(components[last].s, entering, rule, what)
+            raise _too_few(components[last].bucket_size, entering, rule, what)
         if isinstance(comp, KrumSelect):
             rows = min(rows, comp.m)
     return compose(*components)
 
 
+@renamed_arguments(s="bucket_size")
 @attrs.frozen
 class Bucketing(Transform):
     """Component for :func:`bucketing`. Its info holds ``"bucket"`` (each input row's
@@ -218,15 +226,15 @@ class Bucketing(Transform):
     emptied rows are not rejections. ``then``: the minimum-rows rule of the component after
     it (set by :func:`check_bucketed_reducer`; ``None``: unchecked), as in the kernel."""
 
-    s: int = attrs.field(validator=int_at_least(1))
+    bucket_size: int = attrs.field(validator=int_at_least(1))
     then: RowRule | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RowRule))
     )
 
     def __call__(self, updates, weights, state, key):
         w = as_weights(weights, updates.shape[0], updates)
-        check_buckets(w, self.s, self.then)
-        bucket = bucket_assignment(w, s=self.s, key=key)
+        check_buckets(w, self.bucket_size, self.then)
+        bucket = bucket_assignment(w, bucket_size=self.bucket_size, key=key)
         out, totals = bucket_means(updates, w, bucket)
         empty = torch.arange(totals.numel(), device=totals.device) > int(bucket.max())
         return (out, totals), state, {"bucket": bucket, "empty": empty}

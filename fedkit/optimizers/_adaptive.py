@@ -1,5 +1,6 @@
 """State and shared arithmetic of the adaptive server optimizers (FedAdam, FedYogi,
-FedAdagrad; Reddi et al. 2021, Adaptive Federated Optimization, Algorithm 2)."""
+FedAdagrad; Reddi et al. 2021, Adaptive Federated Optimization, Algorithm 2: ``eps`` is the
+paper's adaptivity ε, written τ there)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def adaptive_init(
     device: torch.device | str = "cpu",
 ) -> AdaptiveState:
     """``m = 0``, ``v = initial_accumulator`` (Flower starts at 0; the paper's analysis
-    takes ``v₋₁ ≥ τ²``), ``count = 0``."""
+    takes ``v₋₁ ≥ ε²``), ``count = 0``."""
     initial_accumulator = check_real(initial_accumulator, "initial_accumulator", low=0.0)
     return AdaptiveState(
         m=torch.zeros(d, dtype=dtype, device=device),
@@ -46,23 +47,23 @@ def adaptive_step(
     *,
     lr: float,
     beta1: float,
-    tau: float,
+    eps: float,
     correction: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, AdaptiveState]:
     """``m ← β₁ m + (1 − β₁) Δ̄``, ``v ← second_moment(v, Δ̄²)``,
-    ``step = lr · c(t) · m / (√v + τ)`` with ``t`` the new count and ``c(t)`` the bias
+    ``step = lr · c(t) · m / (√v + ε)`` with ``t`` the new count and ``c(t)`` the bias
     correction (1 when ``correction`` is None)."""
     delta = check_delta(delta, name)
     lr = check_real(lr, f"{name}: lr", low=0.0, low_open=True)
     beta1 = check_real(beta1, f"{name}: beta1", low=0.0, high=1.0)
-    tau = check_real(tau, f"{name}: tau", low=0.0)
+    eps = check_real(eps, f"{name}: eps", low=0.0)
     m = like_delta(state.m, delta, "m", name)
     v = like_delta(state.v, delta, "v", name)
     count = state.count.to(device=delta.device) + 1
     m = beta1 * m + (1.0 - beta1) * delta
     v = second_moment(v, delta.square())
     scale = lr if correction is None else lr * correction(count.to(torch.float64))
-    step = (m * scale) / (v.sqrt() + tau)
+    step = (m * scale) / (v.sqrt() + eps)
     return step, AdaptiveState(m, v, count)
 
 

@@ -6,6 +6,7 @@ import attrs
 import torch
 
 from fedkit.core.checks import number_in, positive
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.optimizers._adaptive import (
     AdaptiveOptimizer,
     AdaptiveState,
@@ -14,16 +15,17 @@ from fedkit.optimizers._adaptive import (
 from fedkit.optimizers._checks import unit_interval
 
 
+@renamed_arguments(tau="eps")
 def adagrad_step(
     delta: torch.Tensor,
     state: AdaptiveState,
     *,
     lr: float = 0.1,
     beta1: float = 0.9,
-    tau: float = 1e-9,
+    eps: float = 1e-9,
     bias_correction: bool = False,
 ) -> tuple[torch.Tensor, AdaptiveState]:
-    """``m ← β₁ m + (1 − β₁) Δ̄``, ``v ← v + Δ̄²``, ``step = η · m / (√v + τ)``; with
+    """``m ← β₁ m + (1 − β₁) Δ̄``, ``v ← v + Δ̄²``, ``step = η · m / (√v + ε)``; with
     ``bias_correction`` the step size at step ``t`` is ``η / (1 − β₁ᵗ)`` (``v`` is a plain
     sum and needs none). The server applies ``x ← x + step``.
 
@@ -43,11 +45,12 @@ def adagrad_step(
         second_moment,
         lr=lr,
         beta1=beta1,
-        tau=tau,
+        eps=eps,
         correction=correction if bias_correction else None,
     )
 
 
+@renamed_arguments(tau="eps")
 @attrs.frozen
 class FedAdagrad(AdaptiveOptimizer):
     """Component for :func:`adagrad_step`; its state is an :class:`AdaptiveState` whose
@@ -56,6 +59,6 @@ class FedAdagrad(AdaptiveOptimizer):
     step_fn = staticmethod(adagrad_step)
     lr: float = attrs.field(default=0.1, converter=float, validator=positive())
     beta1: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
-    tau: float = attrs.field(default=1e-9, converter=float, validator=number_in(0.0))
+    eps: float = attrs.field(default=1e-9, converter=float, validator=number_in(0.0))
     bias_correction: bool = False
     initial_accumulator: float = attrs.field(default=0.0, converter=float, validator=number_in(0.0))

@@ -6,6 +6,7 @@ import attrs
 import torch
 
 from fedkit.core.checks import number_in, positive
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.optimizers._adaptive import (
     AdaptiveOptimizer,
     AdaptiveState,
@@ -15,6 +16,7 @@ from fedkit.optimizers._adaptive import (
 from fedkit.optimizers._checks import check_real, unit_interval
 
 
+@renamed_arguments(tau="eps")
 def yogi_step(
     delta: torch.Tensor,
     state: AdaptiveState,
@@ -22,11 +24,11 @@ def yogi_step(
     lr: float = 0.01,
     beta1: float = 0.9,
     beta2: float = 0.99,
-    tau: float = 1e-3,
+    eps: float = 1e-3,
     bias_correction: bool = False,
 ) -> tuple[torch.Tensor, AdaptiveState]:
     """``m ← β₁ m + (1 − β₁) Δ̄``, ``v ← v − (1 − β₂) Δ̄² sign(v − Δ̄²)``,
-    ``step = η · m / (√v + τ)``; with ``bias_correction`` the step size at step ``t`` is
+    ``step = η · m / (√v + ε)``; with ``bias_correction`` the step size at step ``t`` is
     ``η √(1 − β₂ᵗ) / (1 − β₁ᵗ)`` as for Adam. The server applies ``x ← x + step``.
 
     Reddi et al. 2021, Adaptive Federated Optimization (ICLR), Algorithm 2 (Yogi: Zaheer et
@@ -44,11 +46,12 @@ def yogi_step(
         second_moment,
         lr=lr,
         beta1=beta1,
-        tau=tau,
+        eps=eps,
         correction=adam_correction(beta1, beta2) if bias_correction else None,
     )
 
 
+@renamed_arguments(tau="eps")
 @attrs.frozen
 class FedYogi(AdaptiveOptimizer):
     """Component for :func:`yogi_step`; its state is an :class:`AdaptiveState` whose ``v``
@@ -58,6 +61,6 @@ class FedYogi(AdaptiveOptimizer):
     lr: float = attrs.field(default=0.01, converter=float, validator=positive())
     beta1: float = attrs.field(default=0.9, converter=float, validator=unit_interval)
     beta2: float = attrs.field(default=0.99, converter=float, validator=unit_interval)
-    tau: float = attrs.field(default=1e-3, converter=float, validator=number_in(0.0))
+    eps: float = attrs.field(default=1e-3, converter=float, validator=number_in(0.0))
     bias_correction: bool = False
     initial_accumulator: float = attrs.field(default=0.0, converter=float, validator=number_in(0.0))

@@ -15,6 +15,7 @@ import torch
 
 from fedkit.core.checks import check_rows as _shared_check_rows
 from fedkit.core.components import Transform
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.filters._common import check_rows as _check_filter_rows
 from fedkit.filters._common import require_finite, rescale
 from fedkit.filters.clip import clip_scales
@@ -44,17 +45,18 @@ def check_rows(updates: torch.Tensor, who: str = "clip_rows") -> None:
     _shared_check_rows(updates, None, who, allow_empty=True)
 
 
+@renamed_arguments(max_norm="clip_norm")
 def clip_scales_l1(
-    updates: torch.Tensor, weights: torch.Tensor | None = None, *, max_norm: float
+    updates: torch.Tensor, weights: torch.Tensor | None = None, *, clip_norm: float
 ) -> torch.Tensor:
-    """Per-row factors ``min(1, max_norm / ‖u_i‖₁)`` (float64, 1 for rows of weight 0)."""
+    """Per-row factors ``min(1, clip_norm / ‖u_i‖₁)`` (float64, 1 for rows of weight 0)."""
     updates, w = _check_filter_rows(updates, weights, "clip_l1")
-    max_norm = check_positive("max_norm", max_norm)
+    clip_norm = check_positive("clip_norm", clip_norm)
     norms = torch.linalg.vector_norm(updates, ord=1, dim=1, dtype=torch.float64)
     active = w > 0
     require_finite(norms, active, "clip_l1")
-    over = active & (norms > max_norm)
-    return torch.where(over, max_norm / norms, torch.ones_like(norms))
+    over = active & (norms > clip_norm)
+    return torch.where(over, clip_norm / norms, torch.ones_like(norms))
 
 
 def clip_rows(
@@ -73,9 +75,9 @@ def clip_rows(
     """
     check_rows(updates)
     if norm == "l2":
-        scale = clip_scales(updates, weights, max_norm=check_positive("clip_norm", clip_norm))
+        scale = clip_scales(updates, weights, clip_norm=check_positive("clip_norm", clip_norm))
     elif norm == "l1":
-        scale = clip_scales_l1(updates, weights, max_norm=check_positive("clip_norm", clip_norm))
+        scale = clip_scales_l1(updates, weights, clip_norm=check_positive("clip_norm", clip_norm))
     else:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     clipped, _ = rescale(updates, weights, scale)

@@ -21,6 +21,7 @@ import attrs
 import torch
 
 from fedkit.core.components import RoundContext, ServerTransform, require_context
+from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key, normal, split
 from privacy.mechanisms.clipping import check_non_negative, check_positive
 
@@ -130,15 +131,17 @@ def _check_fraction(name: str, value: object) -> float:
     return v
 
 
+@renamed_arguments(num_attackers="f")
 @attrs.frozen
 class CRFLBound:
     """The training run and attack model a CRFL certificate assumes.
 
     ``noise_std`` (``σ``, the training noise of :class:`CRFL`), ``clip_norm`` (``ρ``),
     ``rounds`` (``T``: the certified model is the one after round ``T``), ``attack_round``
-    (``t_adv``, ``1 <= t_adv < T``: the round the attackers poison), ``num_attackers``
-    (``R``), ``attacker_weight`` (``p_i``: each attacker's aggregation weight, one number
-    for all or ``R`` numbers; ``1/N`` for FedAvg over ``N`` equal clients), ``local_steps``
+    (``t_adv``, ``1 <= t_adv < T``: the round the attackers poison), ``f`` (``R``: the
+    number of attackers, ``f`` as in every robust rule), ``attacker_weight`` (``p_i``: each
+    attacker's aggregation weight, one number for all or ``R`` numbers; ``1/N`` for FedAvg
+    over ``N`` equal clients), ``local_steps``
     (``τ``: local SGD iterations per round), ``lr`` (``η``: the clients' learning rate),
     ``lipschitz`` (``L_Z``: the bound on how much the loss gradient moves with the input),
     ``scale`` (``γ``: the attackers' update scaling factor) and ``poison_fraction``
@@ -154,7 +157,7 @@ class CRFLBound:
     lr: float = attrs.field(converter=float)
     lipschitz: float = attrs.field(converter=float)
     poison_fraction: float = attrs.field(converter=float)
-    num_attackers: int = attrs.field(default=1)
+    f: int = attrs.field(default=1)
     scale: float = attrs.field(default=1.0, converter=float)
 
     def __attrs_post_init__(self) -> None:
@@ -167,17 +170,17 @@ class CRFLBound:
                 f"CRFLBound.attack_round must be < rounds={self.rounds} (at least one clip and "
                 f"noise step after the attack), got {self.attack_round}"
             )
-        _check_int("CRFLBound.num_attackers", self.num_attackers, 1)
+        _check_int("CRFLBound.f", self.f, 1)
         _check_int("CRFLBound.local_steps", self.local_steps, 1)
         check_positive("CRFLBound.lr", self.lr)
         check_positive("CRFLBound.lipschitz", self.lipschitz)
         check_positive("CRFLBound.scale", self.scale)
         _check_fraction("CRFLBound.poison_fraction", self.poison_fraction)
         weights = self.attacker_weights()
-        if len(weights) != self.num_attackers:
+        if len(weights) != self.f:
             raise ValueError(
-                f"CRFLBound.attacker_weight needs one number or num_attackers="
-                f"{self.num_attackers} numbers, got {len(weights)}"
+                f"CRFLBound.attacker_weight needs one number or f="
+                f"{self.f} numbers, got {len(weights)}"
             )
         for p in weights:
             _check_fraction("CRFLBound.attacker_weight", p)
@@ -187,7 +190,7 @@ class CRFLBound:
         w = self.attacker_weight
         if isinstance(w, Sequence) and not isinstance(w, str):
             return tuple(float(p) for p in w)
-        return (float(w),) * self.num_attackers
+        return (float(w),) * self.f
 
     def contraction(self, smoothing_std: float) -> float:
         """``Π_{t=t_adv+1}^{T} (2Φ(ρ/σ_t) − 1)``: ``σ_t = σ`` (training) before round ``T``,
@@ -219,7 +222,7 @@ class CRFLBound:
             raise ValueError("crfl radius: p_a and p_b must lie in [0, 1]")
         strength = (
             2.0
-            * self.num_attackers
+            * self.f
             * sum(p * p for p in self.attacker_weights())
             * (self.local_steps * self.lipschitz * self.scale * self.lr * self.poison_fraction) ** 2
             * self.contraction(smoothing_std)

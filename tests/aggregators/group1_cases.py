@@ -46,7 +46,7 @@ class KernelCase:
     min_n: int = 1  # fewest active rows the case accepts
     # exactly inside the coordinate-wise hull of the honest rows with <= f huge outliers
     hull: bool = False
-    # n identical rows give that row (centered clipping: only when tau covers the distance)
+    # n identical rows give that row (centered clipping: only when clip_norm covers the distance)
     identical: bool = True
     # out(U + t) = out(U) + t (centered clipping: only with the centre moved too)
     translation: bool = True
@@ -90,7 +90,7 @@ CASES = [
     ),
     KernelCase(
         "centered_clipping",
-        lambda u, w, n, k: centered_clipping(u, w, tau=5.0, iters=3, key=k),
+        lambda u, w, n, k: centered_clipping(u, w, clip_norm=5.0, iters=3, key=k),
         identical=False,
         translation=False,
     ),

@@ -70,7 +70,7 @@ def test_matches_the_algorithm_with_scikit_learn(space, seed):
     out = flame_round(
         torch.tensor(x),
         torch.tensor(w),
-        lam=0.0,
+        noise_multiplier=0.0,
         space=space,
         params=None if g is None else torch.tensor(g),
     )
@@ -84,9 +84,9 @@ def test_matches_the_algorithm_with_scikit_learn(space, seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_attackers_outside_the_majority_cluster_are_rejected(space, seed):
     x, bad = honest_and_attackers(seed)
-    params = fedkit.normal(fedkit.key(seed), (x.shape[1],), dtype=torch.float64)
+    params = fedkit.core.keys.normal(fedkit.key(seed), (x.shape[1],), dtype=torch.float64)
     context = RoundContext(round=1, clients=torch.arange(len(x)), num_clients=len(x), params=params)
-    comp = FLAME(lam=0.0, space=space)
+    comp = FLAME(noise_multiplier=0.0, space=space)
     _, _, info = comp(x, torch.ones(len(x), dtype=torch.float64), (), None, context=context)
     rejected = info["rejected"]["flame"]
     assert rejected[bad].all()  # every attacker rejected...
@@ -101,7 +101,7 @@ def test_aggregate_norm_is_at_most_the_median_norm(u, seed, boost):
     u = u.clone()
     u[0] *= boost
     w = torch.as_tensor(np.random.default_rng(seed).uniform(0.5, 5.0, size=len(u)))
-    out = flame_round(u, w, lam=0.0, space="updates")
+    out = flame_round(u, w, noise_multiplier=0.0, space="updates")
     median = float(np.median(torch.linalg.vector_norm(u, dim=1).numpy()))
     assert out.clip_norm == pytest.approx(median, rel=1e-12)
     assert float(torch.linalg.vector_norm(out.aggregate)) <= median * (1 + 1e-9)
@@ -117,8 +117,8 @@ def test_update_clusters_do_not_see_scale(u, data):
     factors = torch.as_tensor(
         data.draw(st.lists(st.floats(1e-3, 1e3), min_size=len(u), max_size=len(u)))
     )
-    a = flame_round(u, lam=0.0, space="updates")
-    b = flame_round(u * factors[:, None], lam=0.0, space="updates")
+    a = flame_round(u, noise_multiplier=0.0, space="updates")
+    b = flame_round(u * factors[:, None], noise_multiplier=0.0, space="updates")
     assert torch.equal(a.labels, b.labels)
 
 
@@ -127,26 +127,28 @@ def test_decisions_follow_the_rows_not_their_order(u, data):
     n = len(u)
     w = data.draw(positive_weights(n))
     perm = data.draw(permutations(n))
-    a = flame_round(u, w, lam=0.0, space="updates")
-    b = flame_round(u[perm], w[perm], lam=0.0, space="updates")
+    a = flame_round(u, w, noise_multiplier=0.0, space="updates")
+    b = flame_round(u[perm], w[perm], noise_multiplier=0.0, space="updates")
     assert torch.equal(a.admitted[perm], b.admitted)
     torch.testing.assert_close(a.aggregate, b.aggregate, rtol=1e-9, atol=1e-9)
 
 
 def test_noise_std_is_lambda_times_the_median_norm():
     d = 40_000
-    u = fedkit.normal(fedkit.key(1), (9, d), dtype=torch.float64) * 0.01
+    u = fedkit.core.keys.normal(fedkit.key(1), (9, d), dtype=torch.float64) * 0.01
     u[:3] *= 4.0
-    plain = flame_round(u, lam=0.0, space="updates")
-    noisy = flame_round(u, lam=0.01, space="updates", key=fedkit.key(2))
+    plain = flame_round(u, noise_multiplier=0.0, space="updates")
+    noisy = flame_round(u, noise_multiplier=0.01, space="updates", key=fedkit.key(2))
     assert noisy.noise_std == pytest.approx(0.01 * plain.clip_norm)
     std = float((noisy.aggregate - plain.aggregate).std())
     assert std == pytest.approx(noisy.noise_std, rel=0.02)
-    again = flame(u, lam=0.01, space="updates", key=fedkit.key(2))
+    again = flame(u, noise_multiplier=0.01, space="updates", key=fedkit.key(2))
     assert torch.equal(again, noisy.aggregate)
-    assert not torch.equal(flame(u, lam=0.01, space="updates", key=fedkit.key(3)), again)
+    assert not torch.equal(
+        flame(u, noise_multiplier=0.01, space="updates", key=fedkit.key(3)), again
+    )
     with pytest.raises(ValueError, match="key"):
-        flame(u, lam=0.01, space="updates")
+        flame(u, noise_multiplier=0.01, space="updates")
 
 
 def test_absent_rows_are_ignored_and_not_rejected():
@@ -155,13 +157,13 @@ def test_absent_rows_are_ignored_and_not_rejected():
     padded = torch.cat([x[:4], torch.full((2, x.shape[1]), float("nan")), x[4:]])
     w = torch.ones(len(padded), dtype=torch.float64)
     w[4:6] = 0.0
-    full = flame_round(padded, w, lam=0.0, params=g)
-    alone = flame_round(x, lam=0.0, params=g)
+    full = flame_round(padded, w, noise_multiplier=0.0, params=g)
+    alone = flame_round(x, noise_multiplier=0.0, params=g)
     keep = w > 0
     assert full.labels[~keep].tolist() == [-2, -2]
     assert torch.equal(full.labels[keep], alone.labels)
     torch.testing.assert_close(full.aggregate, alone.aggregate, rtol=1e-12, atol=1e-12)
-    _, _, info = FLAME(lam=0.0)(
+    _, _, info = FLAME(noise_multiplier=0.0)(
         padded,
         w,
         (),
@@ -173,7 +175,7 @@ def test_absent_rows_are_ignored_and_not_rejected():
 
 def test_one_row_is_its_own_majority():
     x = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
-    out = flame_round(x, lam=0.0, space="updates")
+    out = flame_round(x, noise_multiplier=0.0, space="updates")
     assert out.admitted.tolist() == [True]
     torch.testing.assert_close(out.aggregate, x[0])
 
@@ -199,8 +201,8 @@ def test_component_in_a_chain_reports_its_decisions():
 
 
 def test_arguments_are_checked():
-    with pytest.raises(ValueError, match="lam"):
-        FLAME(lam=-0.1)
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        FLAME(noise_multiplier=-0.1)
     with pytest.raises(ValueError, match="space"):
         FLAME(space="gradients")
     with pytest.raises(ValueError, match="params"):

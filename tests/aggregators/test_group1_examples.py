@@ -83,25 +83,26 @@ def test_bulyan_by_hand():
 
 def test_geometric_median_by_hand():
     triangle = t([[0.0, 0.0], [2.0, 0.0], [1.0, math.sqrt(3.0)]])
-    gm = agg.geometric_median(triangle, tol=1e-14, max_iter=1000)
+    gm = agg.geometric_median(triangle, tol=1e-14, iters=1000)
     assert torch.allclose(gm, t([1.0, 1.0 / math.sqrt(3.0)]), atol=1e-7)
     square = t([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 4.0], [2.0, 2.0]])
     assert torch.allclose(agg.geometric_median(square), t([2.0, 2.0]), atol=1e-7)
     # on a line the geometric median is the (weighted) median
     line = t([[0.0], [1.0], [10.0]])
-    assert abs(agg.geometric_median(line, tol=0.0, max_iter=500).item() - 1.0) < 1e-6
+    assert abs(agg.geometric_median(line, tol=0.0, iters=500).item() - 1.0) < 1e-6
     assert (
-        abs(agg.geometric_median(line, t([1.0, 1.0, 5.0]), tol=0.0, max_iter=500).item() - 10.0)
-        < 1e-6
+        abs(agg.geometric_median(line, t([1.0, 1.0, 5.0]), tol=0.0, iters=500).item() - 10.0) < 1e-6
     )
 
 
 def test_centered_clipping_by_hand():
-    assert torch.allclose(agg.centered_clipping(t([[3.0, 4.0]]), tau=1.0), t([0.6, 0.8]))
-    out, clipped = centered_clipping_with_mask(t([[10.0, 0.0], [0.0, 0.0]]), tau=1.0)
+    assert torch.allclose(agg.centered_clipping(t([[3.0, 4.0]]), clip_norm=1.0), t([0.6, 0.8]))
+    out, clipped = centered_clipping_with_mask(t([[10.0, 0.0], [0.0, 0.0]]), clip_norm=1.0)
     assert out.tolist() == [0.5, 0.0] and clipped.tolist() == [True, False]
     center = t([1.0, 1.0])
-    out = agg.centered_clipping(t([[1.0, 4.0], [1.0, 1.0]]), t([1.0, 1.0]), tau=1.0, center=center)
+    out = agg.centered_clipping(
+        t([[1.0, 4.0], [1.0, 1.0]]), t([1.0, 1.0]), clip_norm=1.0, center=center
+    )
     assert out.tolist() == [1.0, 1.5]
     assert center.tolist() == [1.0, 1.0]  # the centre is not written to
 
@@ -112,28 +113,31 @@ def test_centered_clipping_by_hand():
 @given(data=st.data(), u=updates(min_n=2, max_n=8, max_d=6), seed=st.integers(0, 2**31 - 1))
 def test_centered_clipping_bounds(data, u, seed):
     """What holds for centered clipping whatever the outliers (it is not a hull property):
-    each step moves the centre by at most tau, and with one step each row moves it by at most
-    its weight share times tau — so the output is the honest rows' clipped contribution plus
-    at most tau times the outliers' weight share."""
+    each step moves the centre by at most clip_norm, and with one step each row moves it by at most
+    its weight share times clip_norm — so the output is the honest rows' clipped contribution plus
+    at most clip_norm times the outliers' weight share."""
     n, d = u.shape
     w = data.draw(positive_weights(n))
     rng = np.random.default_rng(seed)
-    tau = float(rng.uniform(0.1, 20.0))
+    clip_norm = float(rng.uniform(0.1, 20.0))
     iters = int(rng.integers(1, 4))
     center = torch.as_tensor(rng.normal(0.0, 5.0, size=d))
-    out = agg.centered_clipping(u, w, tau=tau, iters=iters, center=center)
-    assert float(torch.linalg.vector_norm(out - center)) <= iters * tau * (1 + 1e-9)
+    out = agg.centered_clipping(u, w, clip_norm=clip_norm, iters=iters, center=center)
+    assert float(torch.linalg.vector_norm(out - center)) <= iters * clip_norm * (1 + 1e-9)
     # one step, the last row replaced by a huge outlier
     f_share = float(w[-1] / w.sum())
     bad = u.clone()
     bad[-1] = torch.as_tensor(rng.choice([-1.0, 1.0], size=d) * 1e12)
-    one = agg.centered_clipping(bad, w, tau=tau, center=center)
+    one = agg.centered_clipping(bad, w, clip_norm=clip_norm, center=center)
     offsets = u[:-1] - center
-    scale = (tau / torch.linalg.vector_norm(offsets, dim=1)).clamp(max=1.0)
+    scale = (clip_norm / torch.linalg.vector_norm(offsets, dim=1)).clamp(max=1.0)
     honest_part = center + ((w[:-1] / w.sum() * scale)[:, None] * offsets).sum(0)
-    assert float(torch.linalg.vector_norm(one - honest_part)) <= f_share * tau * (1 + 1e-9) + 1e-9
-    # tau beyond every distance: one step is the weighted mean, wherever it starts
-    far = agg.centered_clipping(u, w, tau=1e9, center=center)
+    assert (
+        float(torch.linalg.vector_norm(one - honest_part))
+        <= f_share * clip_norm * (1 + 1e-9) + 1e-9
+    )
+    # clip_norm beyond every distance: one step is the weighted mean, wherever it starts
+    far = agg.centered_clipping(u, w, clip_norm=1e9, center=center)
     torch.testing.assert_close(far, agg.mean(u, w))
 
 
@@ -143,8 +147,8 @@ def test_centered_clipping_translation_with_its_center(data, u):
     w = data.draw(positive_weights(n))
     shift = torch.linspace(-50.0, 70.0, d, dtype=u.dtype)
     center = u.mean(0) + 1.0
-    out = agg.centered_clipping(u, w, tau=3.0, iters=2, center=center)
-    moved = agg.centered_clipping(u + shift, w, tau=3.0, iters=2, center=center + shift)
+    out = agg.centered_clipping(u, w, clip_norm=3.0, iters=2, center=center)
+    moved = agg.centered_clipping(u + shift, w, clip_norm=3.0, iters=2, center=center + shift)
     torch.testing.assert_close(moved, out + shift, rtol=1e-9, atol=1e-9 * 100)
 
 
@@ -171,7 +175,7 @@ def test_geometric_median_breakdown_bound(data, seed, n, d, magnitude):
     u = torch.cat([honest, outliers])
     # the stopping rule is relative to the objective, which the outliers inflate: tol below
     # honest spread / outlier distance (documented)
-    gm = agg.geometric_median(u, w, tol=1e-15, max_iter=1000)
+    gm = agg.geometric_median(u, w, tol=1e-15, iters=1000)
     z = agg.mean(honest, w[: n - f])
     r = float(torch.linalg.vector_norm(honest - z, dim=1).max())
     bound = 2 * (1 - theta) / (1 - 2 * theta) * r
@@ -182,10 +186,10 @@ def test_geometric_median_breakdown_bound(data, seed, n, d, magnitude):
 def test_geometric_median_minimises_the_weighted_distance_sum(data, u):
     """Weiszfeld descends from the weighted mean; it ends at (near) the minimum. When the
     minimum sits on a row with almost balanced weights it converges linearly at rate near 1,
-    so after ``max_iter`` steps the objective can be ~1e-4 above the minimum: the margin."""
+    so after ``iters`` steps the objective can be ~1e-4 above the minimum: the margin."""
     n, d = u.shape
     w = data.draw(positive_weights(n))
-    gm = agg.geometric_median(u, w, tol=1e-12, max_iter=1000)
+    gm = agg.geometric_median(u, w, tol=1e-12, iters=1000)
 
     def objective(v):
         return float((w * torch.linalg.vector_norm(u - v, dim=1)).sum())
@@ -201,10 +205,10 @@ def test_geometric_median_minimises_the_weighted_distance_sum(data, u):
 
 def test_geometric_median_stops_on_the_relative_objective_change():
     u = torch.as_tensor(np.random.default_rng(3).normal(size=(9, 4)))
-    exact = agg.geometric_median(u, tol=0.0, max_iter=2000)
+    exact = agg.geometric_median(u, tol=0.0, iters=2000)
     default = agg.geometric_median(u)
-    assert torch.equal(default, agg.geometric_median(u, max_iter=10**6))  # stopped by tol
-    assert not torch.allclose(agg.geometric_median(u, max_iter=1), exact, atol=1e-6)
+    assert torch.equal(default, agg.geometric_median(u, iters=10**6))  # stopped by tol
+    assert not torch.allclose(agg.geometric_median(u, iters=1), exact, atol=1e-6)
     torch.testing.assert_close(default, exact, rtol=1e-2, atol=1e-2)
 
     def objective(v):
@@ -284,7 +288,7 @@ def test_chunked_equals_unchunked(monkeypatch):
         "bulyan": lambda: agg.bulyan(u, w, f=1),
         "krum": lambda: agg.krum_scores(u, w, f=2),
         "gm": lambda: agg.geometric_median(u, w),
-        "cc": lambda: agg.centered_clipping(u, w, tau=2.0, iters=2),
+        "cc": lambda: agg.centered_clipping(u, w, clip_norm=2.0, iters=2),
         "mean": lambda: agg.mean(u, w),
     }
     whole = {k: c() for k, c in calls.items()}
@@ -318,14 +322,14 @@ def test_chunked_equals_unchunked(monkeypatch):
         (lambda u: agg.bulyan(u, f=1.0), "f must be a non-negative int"),
         (lambda u: agg.multi_krum(u, f=1, m=0), "m must be an int in"),
         (lambda u: agg.multi_krum(u, f=1, m=13), "m must be an int in"),
-        (lambda u: agg.geometric_median(u, max_iter=0), "max_iter"),
+        (lambda u: agg.geometric_median(u, iters=0), "iters"),
         (lambda u: agg.geometric_median(u, tol=-1.0), "tol"),
         (lambda u: agg.geometric_median(u, eps=0.0), "eps"),
-        (lambda u: agg.centered_clipping(u, tau=0.0), "tau"),
-        (lambda u: agg.centered_clipping(u, tau=float("inf")), "tau"),
-        (lambda u: agg.centered_clipping(u, tau=1.0, iters=0), "iters"),
+        (lambda u: agg.centered_clipping(u, clip_norm=0.0), "clip_norm"),
+        (lambda u: agg.centered_clipping(u, clip_norm=float("inf")), "clip_norm"),
+        (lambda u: agg.centered_clipping(u, clip_norm=1.0, iters=0), "iters"),
         (
-            lambda u: agg.centered_clipping(u, tau=1.0, center=torch.zeros(4)),
+            lambda u: agg.centered_clipping(u, clip_norm=1.0, center=torch.zeros(4)),
             r"center must have shape \(3,\)",
         ),
         (lambda u: agg.mean(u[0]), r"shape \[n, d\]"),

@@ -185,7 +185,7 @@ def test_component_calls_its_kernel_with_its_fields(name):
 
 
 def test_centered_clipping_component_keeps_the_aggregate_as_next_center():
-    component = agg.CenteredClipping(tau=0.5, iters=2)
+    component = agg.CenteredClipping(clip_norm=0.5, iters=2)
     assert isinstance(component, Reducer)
     params = inspect.signature(agg.centered_clipping).parameters
     assert all(
@@ -198,11 +198,13 @@ def test_centered_clipping_component_keeps_the_aggregate_as_next_center():
     state = component.init(4)
     assert torch.equal(state, torch.zeros(4))
     out1, state1, info1 = component(u1, w, state, None)
-    assert torch.equal(out1, agg.centered_clipping(u1, w, tau=0.5, iters=2))
+    assert torch.equal(out1, agg.centered_clipping(u1, w, clip_norm=0.5, iters=2))
     assert torch.equal(state1, out1)
-    assert torch.equal(info1["clipped"], centered_clipping_with_mask(u1, w, tau=0.5, iters=2)[1])
+    assert torch.equal(
+        info1["clipped"], centered_clipping_with_mask(u1, w, clip_norm=0.5, iters=2)[1]
+    )
     out2, state2, info2 = component(u2, w, state1, None)
-    assert torch.equal(out2, agg.centered_clipping(u2, w, tau=0.5, iters=2, center=out1))
+    assert torch.equal(out2, agg.centered_clipping(u2, w, clip_norm=0.5, iters=2, center=out1))
     assert torch.equal(state2, out2)
     assert info2["clipped"].dtype == torch.bool and not bool(info2["clipped"][2])
     assert state is not state1  # a new state, the old one untouched

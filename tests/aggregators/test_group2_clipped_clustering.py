@@ -51,9 +51,9 @@ def test_rows_are_clipped_to_the_median_norm_and_max_tau():
     x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [8.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
     # clusters {0, 1, 2} and {3}; median norm 1.5: the majority becomes 1, 1.5, 1.5
     assert clipped_clustering(x)[0].item() == pytest.approx(4.0 / 3.0)
-    assert clipped_clustering(x, max_tau=0.5)[0].item() == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="max_tau"):
-        clipped_clustering(x, max_tau=0.0)
+    assert clipped_clustering(x, max_clip_norm=0.5)[0].item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="max_clip_norm"):
+        clipped_clustering(x, max_clip_norm=0.0)
 
 
 def test_equal_sized_clusters_go_to_the_heavier_then_to_row_zero():

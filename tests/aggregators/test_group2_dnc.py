@@ -43,7 +43,7 @@ def test_hand_example_without_sampling():
     assert dnc(x, f=1, sub_dim=5).item() == pytest.approx(1.0)
     w = torch.tensor([1.0, 1.0, 2.0, 1.0], dtype=torch.float64)
     assert dnc(x, w, f=1, sub_dim=5).item() == pytest.approx(5.0 / 4.0)
-    assert dnc(x, f=1, sub_dim=5, filter_frac=0.0).item() == pytest.approx(13.0 / 4.0)
+    assert dnc(x, f=1, sub_dim=5, filter_multiplier=0.0).item() == pytest.approx(13.0 / 4.0)
 
 
 def test_filter_frac_scales_how_many_rows_go():
@@ -51,8 +51,8 @@ def test_filter_frac_scales_how_many_rows_go():
     x = torch.tensor(rng.normal(size=(9, 3)))
     x[:2] += 50.0
     x[2] -= 30.0
-    # f = 2, filter_frac 1.5: three rows go each round
-    out = dnc(x, f=2, sub_dim=3, filter_frac=1.5)
+    # f = 2, filter_multiplier 1.5: three rows go each round
+    out = dnc(x, f=2, sub_dim=3, filter_multiplier=1.5)
     torch.testing.assert_close(out, x[3:].mean(0))
 
 
@@ -64,7 +64,7 @@ def test_errors():
         dnc(x, f=1, iters=0, key=fedkit.key(0))
     with pytest.raises(ValueError, match="sub_dim"):
         dnc(x, f=1, sub_dim=0, key=fedkit.key(0))
-    with pytest.raises(ValueError, match="filter_frac"):
-        dnc(x, f=1, filter_frac=-0.5, key=fedkit.key(0))
+    with pytest.raises(ValueError, match="filter_multiplier"):
+        dnc(x, f=1, filter_multiplier=-0.5, key=fedkit.key(0))
     with pytest.raises(ValueError, match="remove all"):
-        dnc(x, f=2, filter_frac=3.0, key=fedkit.key(0))
+        dnc(x, f=2, filter_multiplier=3.0, key=fedkit.key(0))

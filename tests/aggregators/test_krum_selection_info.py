@@ -113,7 +113,7 @@ def test_in_a_chain_the_unselected_clients_are_not_accepted():
 
 @pytest.mark.parametrize(("server", "kept"), [("krum", 1), ("multi_krum", 4)])
 def test_a_run_records_the_clients_krum_left_out(server, kept):
-    reducer = fedkit.krum(f=1) if server == "krum" else fedkit.multi_krum(f=1, m=kept)
+    reducer = fedkit.Krum(f=1) if server == "krum" else fedkit.MultiKrum(f=1, m=kept)
     strategy = fedkit.Strategy(
         client=fedkit.ClientConfig(epochs=1, lr=0.1), server=fedkit.chain(reducer)
     )

@@ -72,7 +72,7 @@ def test_absent_rows_do_not_vote():
 
 
 def test_component_reports_flipped_coordinates_and_rejects_nobody():
-    x = fedkit.normal(fedkit.key(0), (6, 50), dtype=torch.float64)
+    x = fedkit.core.keys.normal(fedkit.key(0), (6, 50), dtype=torch.float64)
     chain = fedkit.chain(RLR(threshold=4))
     out, _, info = chain(x, None, chain.init(50), fedkit.key(1))
     expected, flipped = rlr_round(x, threshold=4)

@@ -99,7 +99,7 @@ def flame_decides(honest, rows, params, space):
     x = torch.cat([honest, rows])
     n = x.shape[0]
     context = RoundContext(round=1, clients=torch.arange(n), num_clients=n, params=params)
-    comp = FLAME(lam=0.0, space=space)
+    comp = FLAME(noise_multiplier=0.0, space=space)
     agg, _, info = comp(x, torch.ones(n, dtype=x.dtype), (), None, context=context)
     return agg, info["rejected"]["flame"][honest.shape[0] :]
 

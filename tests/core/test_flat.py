@@ -18,7 +18,9 @@ def tensor_dicts(draw):
         st.lists(st.text("abcdefgh.", min_size=1, max_size=6), min_size=1, max_size=5, unique=True)
     )
     k = fedkit.key(draw(st.integers(0, 1000)))
-    return {n: fedkit.normal(fedkit.fold_in(k, i), draw(shapes)) for i, n in enumerate(names)}
+    return {
+        n: fedkit.core.keys.normal(fedkit.fold_in(k, i), draw(shapes)) for i, n in enumerate(names)
+    }
 
 
 @given(tensor_dicts())
@@ -85,8 +87,8 @@ def test_no_entry_is_cast_silently(a, b, seed):
     unless cast=True; an entry of the flat's own dtype is always a view."""
     k = fedkit.key(seed)
     tensors = {
-        "a": fedkit.normal(k, 3, dtype=a),
-        "b": fedkit.normal(fedkit.fold_in(k, 1), 2, dtype=b),
+        "a": fedkit.core.keys.normal(k, 3, dtype=a),
+        "b": fedkit.core.keys.normal(fedkit.fold_in(k, 1), 2, dtype=b),
     }
     flat, spec = fedkit.flatten(tensors)
     mixed = [n for n, t in tensors.items() if t.dtype != flat.dtype]

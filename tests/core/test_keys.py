@@ -17,7 +17,7 @@ seeds = st.integers(-(2**70), 2**70)
 def test_same_seed_same_key_and_draws(seed):
     a, b = fedkit.key(seed), fedkit.key(seed)
     assert a == b
-    assert torch.equal(fedkit.normal(a, 16), fedkit.normal(b, 16))
+    assert torch.equal(fedkit.core.keys.normal(a, 16), fedkit.core.keys.normal(b, 16))
     assert fedkit.split(a, 3) == fedkit.split(b, 3)
     assert fedkit.fold_in(a, 7) == fedkit.fold_in(b, 7)
 
@@ -44,19 +44,22 @@ def test_split_prefix_stable():
 def test_keys_do_not_touch_global_rng():
     before = torch.random.get_rng_state()
     k = fedkit.key(0)
-    fedkit.normal(k, 100)
-    fedkit.uniform(k, 10)
-    fedkit.permutation(k, 10)
-    fedkit.choice(k, 10, 3)
-    fedkit.bernoulli(k, 0.3, 10)
-    fedkit.randint(k, 0, 5, 4)
+    fedkit.core.keys.normal(k, 100)
+    fedkit.core.keys.uniform(k, 10)
+    fedkit.core.keys.permutation(k, 10)
+    fedkit.core.keys.choice(k, 10, 3)
+    fedkit.core.keys.bernoulli(k, 0.3, 10)
+    fedkit.core.keys.randint(k, 0, 5, 4)
     assert torch.equal(before, torch.random.get_rng_state())
 
 
 def test_same_bits_in_another_process():
-    code = "import fedkit;print(fedkit.normal(fedkit.fold_in(fedkit.key(42), 9), 4).tolist())"
+    code = (
+        "import fedkit;"
+        "print(fedkit.core.keys.normal(fedkit.fold_in(fedkit.key(42), 9), 4).tolist())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    here = fedkit.normal(fedkit.fold_in(fedkit.key(42), 9), 4).tolist()
+    here = fedkit.core.keys.normal(fedkit.fold_in(fedkit.key(42), 9), 4).tolist()
     assert eval(out.stdout) == here
 
 
@@ -66,39 +69,39 @@ def test_key_hex_round_trip():
 
 
 def test_normal_moments():
-    x = fedkit.normal(fedkit.key(0), 200_000, mean=2.0, std=3.0, dtype=torch.float64)
+    x = fedkit.core.keys.normal(fedkit.key(0), 200_000, mean=2.0, std=3.0, dtype=torch.float64)
     assert abs(x.mean().item() - 2.0) < 0.03
     assert abs(x.std().item() - 3.0) < 0.03
 
 
 def test_uniform_range_and_mean():
-    x = fedkit.uniform(fedkit.key(1), 100_000, low=-2.0, high=4.0, dtype=torch.float64)
+    x = fedkit.core.keys.uniform(fedkit.key(1), 100_000, low=-2.0, high=4.0, dtype=torch.float64)
     assert x.min() >= -2.0 and x.max() < 4.0
     assert abs(x.mean().item() - 1.0) < 0.03
 
 
 def test_bernoulli_rate():
-    x = fedkit.bernoulli(fedkit.key(2), 0.3, 100_000)
+    x = fedkit.core.keys.bernoulli(fedkit.key(2), 0.3, 100_000)
     assert x.dtype == torch.bool
     assert abs(x.float().mean().item() - 0.3) < 0.01
 
 
 @given(seeds, st.integers(0, 50))
 def test_permutation_is_a_permutation(seed, n):
-    p = fedkit.permutation(fedkit.key(seed), n)
+    p = fedkit.core.keys.permutation(fedkit.key(seed), n)
     assert sorted(p.tolist()) == list(range(n))
 
 
 @given(seeds, st.integers(1, 30), st.data())
 def test_choice_without_replacement_distinct(seed, n, data):
     size = data.draw(st.integers(0, n))
-    c = fedkit.choice(fedkit.key(seed), n, size)
+    c = fedkit.core.keys.choice(fedkit.key(seed), n, size)
     assert len(set(c.tolist())) == size and all(0 <= i < n for i in c.tolist())
 
 
 def test_choice_weighted_respects_zero_probability():
     p = torch.tensor([0.0, 1.0, 0.0, 3.0])
-    c = fedkit.choice(fedkit.key(0), 4, 1000, replace=True, p=p)
+    c = fedkit.core.keys.choice(fedkit.key(0), 4, 1000, replace=True, p=p)
     assert set(c.tolist()) <= {1, 3}
     assert abs((c == 3).float().mean().item() - 0.75) < 0.05
 
@@ -106,8 +109,8 @@ def test_choice_weighted_respects_zero_probability():
 def test_choice_errors():
     k = fedkit.key(0)
     with pytest.raises(ValueError, match="without replacement"):
-        fedkit.choice(k, 3, 4)
+        fedkit.core.keys.choice(k, 3, 4)
     with pytest.raises(ValueError, match="positive probability"):
-        fedkit.choice(k, 3, 2, p=torch.tensor([1.0, 0.0, 0.0]))
+        fedkit.core.keys.choice(k, 3, 2, p=torch.tensor([1.0, 0.0, 0.0]))
     with pytest.raises(TypeError, match="Key"):
         fedkit.split(7)

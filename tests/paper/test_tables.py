@@ -155,7 +155,7 @@ def test_labels_are_derived_from_targets_when_missing():
     rec["strategy"] = {
         "server": {
             "components": [
-                {"_target_": "fedkit.filters.clip.Clip", "max_norm": 1.0},
+                {"_target_": "fedkit.filters.clip.Clip", "clip_norm": 1.0},
                 {"_target_": "fedkit.aggregators.trimmed_mean.TrimmedMean", "f": 2},
             ]
         }

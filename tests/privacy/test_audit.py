@@ -137,7 +137,7 @@ def test_one_run_bound_on_simulated_randomized_response_is_valid_and_has_power()
     root = fedkit.key(7)
     bounds = []
     for t in range(trials):
-        right = int(fedkit.bernoulli(fedkit.fold_in(root, t), q, r).sum())
+        right = int(fedkit.core.keys.bernoulli(fedkit.fold_in(root, t), q, r).sum())
         bounds.append(one_run_epsilon(canaries=r, guesses=r, correct=right, delta=0.0, beta=beta))
     exceed = sum(b > eps for b in bounds)
     assert exceed <= stats.binom.isf(1e-4, trials, beta)  # at most β of the time
@@ -195,8 +195,8 @@ def test_threshold_epsilon_is_below_the_gaussian_mechanisms_epsilon(mu):
     bounds = []
     for t in range(20):
         k_in, k_out, k_sel = fedkit.split(fedkit.fold_in(root, t), 3)
-        s_in = fedkit.normal(k_in, 2000, mean=mu, dtype=torch.float64)
-        s_out = fedkit.normal(k_out, 2000, dtype=torch.float64)
+        s_in = fedkit.core.keys.normal(k_in, 2000, mean=mu, dtype=torch.float64)
+        s_out = fedkit.core.keys.normal(k_out, 2000, dtype=torch.float64)
         test = threshold_epsilon(s_in, s_out, delta=DELTA, beta=0.05, key=k_sel)
         assert test.favoured_runs == test.other_runs == 1000
         bounds.append(test.epsilon)
@@ -207,8 +207,10 @@ def test_threshold_epsilon_is_below_the_gaussian_mechanisms_epsilon(mu):
 
 def test_threshold_epsilon_finds_the_low_side_too():
     k_in, k_out, k_sel = fedkit.split(fedkit.key(3), 3)
-    s_in = fedkit.normal(k_in, 1000, mean=-4.0, dtype=torch.float64)  # "in" lowers the score
-    s_out = fedkit.normal(k_out, 1000, dtype=torch.float64)
+    s_in = fedkit.core.keys.normal(
+        k_in, 1000, mean=-4.0, dtype=torch.float64
+    )  # "in" lowers the score
+    s_out = fedkit.core.keys.normal(k_out, 1000, dtype=torch.float64)
     test = threshold_epsilon(s_in, s_out, delta=DELTA, beta=0.05, key=k_sel)
     assert test.region == "below" and test.epsilon > 2.0
     with pytest.raises(ValueError, match="at least 4 runs"):

@@ -35,7 +35,7 @@ BOUND = CRFLBound(
     lr=0.1,
     lipschitz=2.0,
     poison_fraction=0.25,
-    num_attackers=2,
+    f=2,
     scale=5.0,
 )
 
@@ -82,7 +82,7 @@ def test_step_noise_is_gaussian_on_every_parameter_and_keyed():
 def test_component_reads_the_global_model_and_stops_noise_at_the_final_round():
     d = 20
     params = torch.full((d,), 2.0, dtype=torch.float64)  # norm ≈ 8.9 > ρ = 5
-    u = fedkit.normal(fedkit.key(1), (3, d), dtype=torch.float64)
+    u = fedkit.core.keys.normal(fedkit.key(1), (3, d), dtype=torch.float64)
     chain = fedkit.chain(fedkit.Mean(), CRFL(clip_norm=5.0, noise_std=0.1, final_round=4))
     early, _, info = chain(u, None, chain.init(d), fedkit.key(2), context=context(params, 3))
     last, _, last_info = chain(u, None, chain.init(d), fedkit.key(2), context=context(params, 4))
@@ -109,7 +109,7 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="attacker_weight"):
         CRFLBound(
             noise_std=0.1, clip_norm=1.0, rounds=5, attack_round=2, attacker_weight=(0.1, 0.2),
-            local_steps=1, lr=0.1, lipschitz=1.0, poison_fraction=0.5, num_attackers=3,
+            local_steps=1, lr=0.1, lipschitz=1.0, poison_fraction=0.5, f=3,
         )  # fmt: skip
 
 
@@ -145,7 +145,7 @@ def test_radius_grows_with_rounds_after_the_attack_and_shrinks_with_its_strength
     assert float(later.radius(p_a, smoothing_std=0.5)[0]) > base
     stronger = attrs.evolve(BOUND, scale=10.0)
     assert float(stronger.radius(p_a, smoothing_std=0.5)[0]) == pytest.approx(base / 2)
-    more = attrs.evolve(BOUND, num_attackers=4, attacker_weight=0.1)  # R Σp² grows 4x
+    more = attrs.evolve(BOUND, f=4, attacker_weight=0.1)  # R Σp² grows 4x
     assert float(more.radius(p_a, smoothing_std=0.5)[0]) == pytest.approx(base / 2)
 
 

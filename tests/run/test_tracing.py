@@ -44,7 +44,7 @@ def task():
 def strategy(per_round=None):
     return fedkit.Strategy(
         client=fedkit.ClientConfig(epochs=1, lr=0.1),
-        server=fedkit.chain(fedkit.clip(max_norm=1.0), fedkit.trimmed_mean(f=1)),
+        server=fedkit.chain(fedkit.Clip(clip_norm=1.0), fedkit.TrimmedMean(f=1)),
         clients_per_round=per_round,
     )
 
@@ -191,7 +191,7 @@ def test_a_run_that_raises_leaves_its_spans_ended_with_an_error(tmp_path):
     file = tmp_path / "trace.jsonl"
     small = fedkit.tasks.synthetic(num_users=4, key=0)
     krum = fedkit.Strategy(
-        client=fedkit.ClientConfig(epochs=1, lr=0.1), server=fedkit.chain(fedkit.krum(f=1))
+        client=fedkit.ClientConfig(epochs=1, lr=0.1), server=fedkit.chain(fedkit.Krum(f=1))
     )
     with pytest.raises(ValueError, match="krum needs"):
         fedkit.simulate(small, krum, rounds=2, key=0, callbacks=[Tracing(file)])

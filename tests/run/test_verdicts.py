@@ -72,7 +72,7 @@ def test_a_round_accounts_for_every_sampled_client():
     strat = fedkit.Strategy(
         server=Mean(),
         clients_per_round=5,
-        stragglers=fedkit.Stragglers(fraction=0.2, policy="drop"),
+        stragglers=fedkit.PartialWork(fraction=0.2, policy="drop"),
     )
     state = strat.init(torch.zeros(D))
     plan = plan_round(strat, state, 8, torch.tensor([], dtype=torch.int64), RunKeys.of(key(3)))

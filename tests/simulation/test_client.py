@@ -43,7 +43,7 @@ def test_every_epoch_visits_every_example_once(n, batch, epochs, seed):
 def test_steps_walk_through_consecutive_epochs():
     key = fedkit.key(3)
     index, mask = batch_schedule(5, 7, 2, True, key)
-    orders = [fedkit.permutation(fedkit.fold_in(key, e), 5) for e in range(3)]
+    orders = [fedkit.core.keys.permutation(fedkit.fold_in(key, e), 5) for e in range(3)]
     assert torch.equal(index[0], orders[0][:2]) and torch.equal(index[2][:1], orders[0][4:])
     assert torch.equal(index[3], orders[1][:2]) and torch.equal(index[6], orders[2][:2])
     assert mask.sum(1).tolist() == [2, 2, 1, 2, 2, 1, 2]
@@ -103,7 +103,7 @@ def test_flat_optimisers_match_torch_optim(cfg, make_opt):
 def test_proximal_term_adds_mu_times_distance_to_the_anchor():
     task = tiny_task(seed=2)
     anchor = task.init(fedkit.key(0))
-    start = anchor + 0.1 * fedkit.normal(fedkit.key(1), anchor.shape)
+    start = anchor + 0.1 * fedkit.core.keys.normal(fedkit.key(1), anchor.shape)
     x, y = task.client_x[0], task.client_y[0]
     mu, lr = 0.7, 0.2
     cfg = ClientConfig(lr=lr, prox_mu=mu)

@@ -53,7 +53,7 @@ def test_sequential_and_vectorized_agree(task, client):
         client=fedkit.ClientConfig(**{"epochs": 3, "batch_size": 4, "lr": 0.1, **client}),
         server=Mean(),
         clients_per_round=5,
-        stragglers=fedkit.Stragglers(0.5, "partial"),
+        stragglers=fedkit.PartialWork(0.5, "partial"),
     )
     seq = run(task, s, engine="sequential")
     vec = run(task, s, engine="vectorized")
@@ -196,7 +196,7 @@ def test_dropped_stragglers_are_lost(task):
     s = fedkit.Strategy(
         client=fedkit.ClientConfig(epochs=3, batch_size=4),
         server=Mean(),
-        stragglers=fedkit.Stragglers(0.5, "drop"),
+        stragglers=fedkit.PartialWork(0.5, "drop"),
     )
     h = run(task, s, rounds=2, engine="vectorized")
     assert all(
@@ -304,7 +304,7 @@ def test_digits_engines_agree_and_learn():
         client=fedkit.ClientConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.9),
         server=Mean(),
         clients_per_round=8,
-        stragglers=fedkit.Stragglers(0.5, "partial"),
+        stragglers=fedkit.PartialWork(0.5, "partial"),
     )
     seq = fedkit.simulate(task, s, rounds=5, key=2, engine="sequential", progress=False)
     vec = fedkit.simulate(task, s, rounds=5, key=2, engine="vectorized", progress=False)

@@ -48,13 +48,13 @@ def test_sampling_varies_with_the_key_and_fraction_rounds():
 
 def test_straggler_plans():
     clients = torch.arange(10)
-    work, straggler = strat(stragglers=fedkit.Stragglers(0.9, "partial")).plan_work(
+    work, straggler = strat(stragglers=fedkit.PartialWork(0.9, "partial")).plan_work(
         clients, fedkit.key(0)
     )
     assert int(straggler.sum()) == 9
     assert bool((work[~straggler] == 5).all()) and bool(((work >= 1) & (work <= 5)).all())
     assert len(set(work[straggler].tolist())) > 1
-    work, straggler = strat(stragglers=fedkit.Stragglers(0.3, "drop")).plan_work(
+    work, straggler = strat(stragglers=fedkit.PartialWork(0.3, "drop")).plan_work(
         clients, fedkit.key(0)
     )
     assert int(straggler.sum()) == 3 and torch.equal(work == 0, straggler)

@@ -34,8 +34,8 @@ def momentum_strategy(beta: float, **kw):
 def test_a_client_that_trained_sends_and_keeps_the_mix(beta, trained, seed):
     m = len(trained)
     k = fedkit.key(seed)
-    updates = fedkit.normal(k, (m, 4), dtype=torch.float64)
-    previous = fedkit.normal(fedkit.fold_in(k, 1), (m, 4), dtype=torch.float64)
+    updates = fedkit.core.keys.normal(k, (m, 4), dtype=torch.float64)
+    previous = fedkit.core.keys.normal(fedkit.fold_in(k, 1), (m, 4), dtype=torch.float64)
     mask = torch.tensor(trained)
     u0, p0 = updates.clone(), previous.clone()
     sent, kept = apply_worker_momentum(updates, previous, mask, beta)
