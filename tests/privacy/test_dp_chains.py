@@ -114,3 +114,21 @@ def test_chain_order_is_checked():
         fedkit.chain(GaussianNoise(1.0, 1.0, 4.0), FixedMean(4.0))
     with pytest.raises(ValueError, match="cannot follow"):
         fedkit.chain(FixedMean(4.0), ClipUpdates(1.0))
+
+
+def test_dp_fedavg_with_capped_example_weights_bounds_a_large_client_at_weight_one():
+    # McMahan et al. 2018: weights min(n_k / ŵ, 1), a fixed denominator, so one client moves
+    # the noise-free release by at most C / expected_weight whatever it claims
+    chain = fedkit.chain(*dp_fedavg(1.0, 0.0, 4.0, uniform_weights=False, weight_cap=10.0))
+    u = torch.ones(3, 5, dtype=torch.float64)
+    small = chain(u, torch.tensor([5.0, 5.0, 5.0], dtype=torch.float64), None, fedkit.key(0))[0]
+    torch.testing.assert_close(small, torch.full((5,), 3 * 0.5 / 5**0.5 / 4.0, dtype=torch.float64))
+    huge = chain(u, torch.tensor([5.0, 5.0, 1e9], dtype=torch.float64), None, fedkit.key(0))[0]
+    assert float((huge - small).norm()) <= 1.0 / 4.0 + 1e-12
+
+
+def test_dp_fedavg_refuses_raw_example_weights_and_a_cap_it_would_not_use():
+    with pytest.raises(ValueError, match="weight_cap"):
+        dp_fedavg(1.0, 1.0, 10.0, uniform_weights=False)
+    with pytest.raises(ValueError, match="weight_cap is only used"):
+        dp_fedavg(1.0, 1.0, 10.0, weight_cap=5.0)
