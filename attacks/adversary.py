@@ -28,7 +28,7 @@ import torch
 
 from attacks.data.metrics import attack_success_rate
 from attacks.knowledge import KNOWLEDGE_LEVELS, claimed_examples, poison_rows
-from attacks.poisoning._common import Attack
+from attacks.poisoning import Attack
 from fedkit.core.keys import Key, choice, fold_in
 from fedkit.tasks.base import SupervisedTask
 

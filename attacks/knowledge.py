@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from attacks.poisoning._common import Attack
+from attacks.poisoning import Attack
 from fedkit.core.components import as_weights
 from fedkit.core.keys import Key
 

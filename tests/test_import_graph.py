@@ -84,3 +84,23 @@ def test_fedkits_import_graph_has_no_cycle():
     for node in sorted(edges):
         if node not in state:
             visit(node)
+
+
+def test_a_private_module_is_imported_only_from_its_own_package():
+    """``a.b._c`` is ``a.b``'s business: code outside ``a.b`` imports what ``a.b`` or a
+    public module exports (the shared row helpers live in ``fedkit.core.rows`` for that)."""
+    bad = []
+    for package in ("fedkit", *SUITES, *TOP):
+        for path in (REPO / package).rglob("*.py"):
+            me = module_name(path)
+            for m in imports(path, lazy=True):
+                parts = m.split(".")
+                private = [
+                    i for i, p in enumerate(parts) if p.startswith("_") and not p.startswith("__")
+                ]
+                if not private or parts[0] not in ("fedkit", *SUITES, *TOP):
+                    continue
+                owner = ".".join(parts[: private[0]])
+                if not (me == owner or me.startswith(owner + ".")):
+                    bad.append(f"{path.relative_to(REPO)} imports {m}")
+    assert not bad, "\n".join(sorted(set(bad)))

@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedkit.aggregators._common import coordinate_chunks
 from fedkit.core.checks import floating_tensor
 from fedkit.core.components import Role, hyperparameters
 from fedkit.core.keys import Key
+from fedkit.core.rows import coordinate_chunks
 
 
 def check_honest(honest: torch.Tensor, num_byzantine: int, name: str, *, min_rows: int = 1) -> int:

@@ -39,9 +39,9 @@ from attacks.poisoning._common import (
     honest_mean,
     honest_std,
 )
-from fedkit.aggregators._common import coordinate_chunks
 from fedkit.core.keys import Key, fold_in, normal
 from fedkit.core.keys import key as root_key
+from fedkit.core.rows import coordinate_chunks
 
 DIRECTIONS = ("ipm", "alie", "own")
 #: candidate mixing factors λ in [0, 1] that :func:`adaptive_flame` tries

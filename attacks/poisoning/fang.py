@@ -25,9 +25,9 @@ from attacks.poisoning._common import (
     honest_std,
     require_key,
 )
-from fedkit.aggregators._common import pairwise_sq_distances, sq_distances_to
 from fedkit.aggregators.krum import krum_scores
 from fedkit.core.keys import Key, normal, uniform
+from fedkit.core.rows import pairwise_sq_distances, sq_distances_to
 
 Center = Literal["global", "mean"]
 

@@ -6,8 +6,8 @@ import attrs
 import torch
 
 from attacks.poisoning._common import Attack, check_honest, repeat_row, require_key
-from fedkit.aggregators._common import gram
 from fedkit.core.keys import Key, randint
+from fedkit.core.rows import gram
 
 
 def mimic_target(honest: torch.Tensor, index: int | str = "pca", key: Key | None = None) -> int:

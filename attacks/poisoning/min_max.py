@@ -38,8 +38,8 @@ from attacks.poisoning._common import (
     repeat_row,
     row_dots,
 )
-from fedkit.aggregators._common import pairwise_sq_distances, sq_distances_to
 from fedkit.core.keys import Key
+from fedkit.core.rows import pairwise_sq_distances, sq_distances_to
 
 Perturbation = Literal["unit", "std", "sign"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedkit.aggregators._common import coordinate_chunks
+from fedkit.core.rows import coordinate_chunks
 
 SELECT_ELEMENTS = 1 << 20  # values per selection chunk (4 MiB in float32): stays in cache
 # Rows of SORT_MIN..SORT_MAX values are sorted rather than partitioned: NumPy's sort of a

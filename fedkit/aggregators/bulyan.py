@@ -5,12 +5,12 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import active_index, check_f_bound, check_updates
 from fedkit.aggregators._select import map_chunks, mean_nearest_, median_
 from fedkit.aggregators.krum import active_sq_distances, rank_rows, sum_of_nearest
 from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
+from fedkit.core.rows import active_index, check_f_bound, check_updates
 
 
 def iterated_krum(dist: torch.Tensor, f: int, count: int) -> torch.Tensor:

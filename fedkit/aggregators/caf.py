@@ -7,16 +7,16 @@ import math
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import int_at_least
+from fedkit.core.components import KernelReducer
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_f,
     check_updates,
     gram,
     weighted_rows,
 )
-from fedkit.core.checks import int_at_least
-from fedkit.core.components import KernelReducer
-from fedkit.core.keys import Key
 
 
 def caf(

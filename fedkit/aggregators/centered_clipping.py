@@ -7,17 +7,17 @@ import math
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import int_at_least, positive
+from fedkit.core.components import Reducer
+from fedkit.core.deprecation import renamed_arguments
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_updates,
     coordinate_chunks,
     gather_chunk,
     sq_distances_to,
 )
-from fedkit.core.checks import int_at_least, positive
-from fedkit.core.components import Reducer
-from fedkit.core.deprecation import renamed_arguments
-from fedkit.core.keys import Key
 
 
 @renamed_arguments(tau="clip_norm")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import positive
+from fedkit.core.components import KernelReducer
+from fedkit.core.deprecation import renamed_arguments
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_updates,
     gram,
     weighted_rows,
 )
-from fedkit.core.checks import positive
-from fedkit.core.components import KernelReducer
-from fedkit.core.deprecation import renamed_arguments
-from fedkit.core.keys import Key
 
 
 @renamed_arguments(max_tau="max_clip_norm")

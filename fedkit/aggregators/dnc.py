@@ -5,17 +5,17 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import int_at_least, number_in
+from fedkit.core.components import KernelReducer
+from fedkit.core.deprecation import renamed_arguments
+from fedkit.core.keys import Key, split
+from fedkit.core.rows import (
     active_index,
     check_f,
     check_updates,
     sample_coordinates,
     weighted_rows,
 )
-from fedkit.core.checks import int_at_least, number_in
-from fedkit.core.components import KernelReducer
-from fedkit.core.deprecation import renamed_arguments
-from fedkit.core.keys import Key, split
 
 
 @renamed_arguments(filter_frac="filter_multiplier")

@@ -9,7 +9,10 @@ import attrs
 import numpy as np
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.components import Reducer, RoundContext, as_weights, require_context
+from fedkit.core.deprecation import renamed_arguments
+from fedkit.core.keys import Key, normal
+from fedkit.core.rows import (
     active_index,
     check_updates,
     coordinate_chunks,
@@ -17,9 +20,6 @@ from fedkit.aggregators._common import (
     gram,
     weighted_rows,
 )
-from fedkit.core.components import Reducer, RoundContext, as_weights, require_context
-from fedkit.core.deprecation import renamed_arguments
-from fedkit.core.keys import Key, normal
 
 SPACES = ("updates", "models")
 ABSENT = -2  # cluster label of a row of weight 0 (HDBSCAN's own labels: -1 noise, 0, 1, ...)

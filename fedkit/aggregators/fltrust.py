@@ -7,15 +7,15 @@ from typing import ClassVar
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.components import Reducer, RoundContext, as_weights, require_context
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_updates,
     coordinate_chunks,
     gather_chunk,
     weighted_rows,
 )
-from fedkit.core.components import Reducer, RoundContext, as_weights, require_context
-from fedkit.core.keys import Key
 
 
 def fltrust_trust(

@@ -7,11 +7,11 @@ import math
 import attrs
 import torch
 
-from fedkit.aggregators._common import active_index, check_updates, gram, weighted_rows
 from fedkit.core.checks import int_at_least, number_in, positive
 from fedkit.core.components import KernelReducer
 from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key
+from fedkit.core.rows import active_index, check_updates, gram, weighted_rows
 
 
 @renamed_arguments(max_iter="iters")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import int_at_least
+from fedkit.core.components import KernelReducer, as_weights
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_f_bound,
     check_updates,
@@ -13,9 +16,6 @@ from fedkit.aggregators._common import (
     gram_sq_distances,
     weighted_rows,
 )
-from fedkit.core.checks import int_at_least
-from fedkit.core.components import KernelReducer, as_weights
-from fedkit.core.keys import Key
 
 
 def active_sq_distances(updates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

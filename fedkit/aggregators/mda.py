@@ -5,13 +5,6 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
-    active_index,
-    check_f,
-    check_updates,
-    pairwise_sq_distances,
-    weighted_rows,
-)
 from fedkit.aggregators._subsets import (
     argmin_subset_weights,
     batch_size,
@@ -21,6 +14,13 @@ from fedkit.aggregators._subsets import (
 from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
+from fedkit.core.rows import (
+    active_index,
+    check_f,
+    check_updates,
+    pairwise_sq_distances,
+    weighted_rows,
+)
 
 DEFAULT_MAX_SUBSETS = 1 << 21
 

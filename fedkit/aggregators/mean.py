@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import check_updates, weighted_rows
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
+from fedkit.core.rows import check_updates, weighted_rows
 
 
 def mean(

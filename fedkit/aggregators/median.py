@@ -5,10 +5,10 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import active_index, check_updates
 from fedkit.aggregators._select import SELECT_ELEMENTS, map_chunks, median_, weighted_median_
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
+from fedkit.core.rows import active_index, check_updates
 
 
 def median(

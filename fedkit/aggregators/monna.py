@@ -7,7 +7,10 @@ from typing import ClassVar
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import int_at_least
+from fedkit.core.components import KernelReducer, RoundContext, require_context
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_f,
     check_updates,
@@ -15,9 +18,6 @@ from fedkit.aggregators._common import (
     gather_chunk,
     weighted_rows,
 )
-from fedkit.core.checks import int_at_least
-from fedkit.core.components import KernelReducer, RoundContext, require_context
-from fedkit.core.keys import Key
 
 
 def monna(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.components import Reducer, as_weights
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     check_updates,
     coordinate_chunks,
     gather_chunk,
 )
-from fedkit.core.components import Reducer, as_weights
-from fedkit.core.keys import Key
 
 
 def check_threshold(threshold: object) -> int:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import number_in, optional
+from fedkit.core.components import KernelReducer
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     CHUNK_ELEMENTS,
     active_index,
     check_updates,
@@ -14,9 +17,6 @@ from fedkit.aggregators._common import (
     sample_coordinates,
     weighted_rows,
 )
-from fedkit.core.checks import number_in, optional
-from fedkit.core.components import KernelReducer
-from fedkit.core.keys import Key
 
 MEAN_SHIFT_STEPS = 100
 SAME_POINT = 1e-12

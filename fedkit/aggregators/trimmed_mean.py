@@ -5,11 +5,11 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import active_index, check_f_bound, check_updates
 from fedkit.aggregators._select import map_chunks, trimmed_sum_
 from fedkit.core.checks import int_at_least
 from fedkit.core.components import KernelReducer
 from fedkit.core.keys import Key
+from fedkit.core.rows import active_index, check_f_bound, check_updates
 
 
 def trimmed_mean(

@@ -2,7 +2,7 @@
 
 Filters see only the rows with positive weight ("active" rows); rows of weight 0 pass
 through unchanged and keep weight 0. Work along the coordinates is chunked (see
-``fedkit.aggregators._common``), so a filter needs at most one ``[n, d]`` output tensor.
+``fedkit.core.rows``), so a filter needs at most one ``[n, d]`` output tensor.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import math
 
 import torch
 
-from fedkit.aggregators._common import coordinate_chunks
 from fedkit.core.checks import check_rows as _check_rows
-from fedkit.core.components import as_weights
+from fedkit.core.rows import finite_rows, require_finite, rescale, row_norms  # noqa: F401 (re-exported)
 
 
 def check_rows(
@@ -42,48 +41,9 @@ def check_f(f: object, active: int, name: str) -> int:
     return f
 
 
-def row_norms(updates: torch.Tensor) -> torch.Tensor:
-    """L2 norm of every row (float64, ``[n]``), accumulated over coordinate chunks."""
-    n, d = updates.shape
-    acc = torch.zeros(n, dtype=torch.float64, device=updates.device)
-    for cols in coordinate_chunks(n, d):
-        acc += torch.linalg.vector_norm(updates[:, cols], dim=1, dtype=torch.float64).square()
-    return acc.sqrt()
-
-
-def finite_rows(updates: torch.Tensor) -> torch.Tensor:
-    """BoolTensor ``[n]``: True where every entry of the row is finite (no NaN, no Inf)."""
-    n, d = updates.shape
-    ok = torch.ones(n, dtype=torch.bool, device=updates.device)
-    for cols in coordinate_chunks(n, d):
-        ok &= torch.isfinite(updates[:, cols]).all(dim=1)
-    return ok
-
-
-def require_finite(norms: torch.Tensor, active: torch.Tensor, name: str) -> None:
-    """Raise if an active row has a non-finite norm (it holds a NaN or an Inf)."""
-    bad = active & ~torch.isfinite(norms)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten().tolist()
-        raise ValueError(
-            f"{name}: rows {rows} contain NaN or Inf; put Sanitize() before {name} in the chain"
-        )
-
-
 def check_positive(value: float, name: str) -> float:
     """``value`` as a finite float ``> 0`` or a clear error."""
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return value
-
-
-def rescale(
-    updates: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows multiplied by ``scale[n]`` (one new tensor; rows with scale 1 are copied exactly).
-    When no row changes, the input tensor itself is returned (filters never write into it)."""
-    w = as_weights(weights, updates.shape[0], updates).clone()
-    if bool((scale == 1).all()):
-        return updates, w
-    return updates * scale.to(updates.dtype)[:, None], w

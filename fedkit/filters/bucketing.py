@@ -16,7 +16,6 @@ from typing import Any
 import attrs
 import torch
 
-from fedkit.aggregators._common import active_index, coordinate_chunks, gather_chunk
 from fedkit.aggregators.bulyan import Bulyan
 from fedkit.aggregators.caf import CAF
 from fedkit.aggregators.dnc import DnC
@@ -31,6 +30,7 @@ from fedkit.core.components import Chain, Transform, as_weights
 from fedkit.core.components import chain as compose
 from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key, permutation
+from fedkit.core.rows import active_index, coordinate_chunks, gather_chunk
 from fedkit.filters._common import check_int, check_rows
 from fedkit.filters.arc import ARC
 from fedkit.filters.krum_select import KrumSelect

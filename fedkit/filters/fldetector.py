@@ -8,9 +8,9 @@ from typing import ClassVar
 import attrs
 import torch
 
-from fedkit.aggregators._common import coordinate_chunks, weighted_rows
 from fedkit.core.components import RoundContext, Transform, require_context
 from fedkit.core.keys import Key, uniform
+from fedkit.core.rows import coordinate_chunks, weighted_rows
 from fedkit.filters._common import check_int, check_rows, require_finite, row_norms
 from fedkit.filters.foolsgold import client_rows, grow
 

@@ -8,9 +8,9 @@ from typing import ClassVar
 import attrs
 import torch
 
-from fedkit.aggregators._common import gram
 from fedkit.core.components import RoundContext, Transform, require_context
 from fedkit.core.keys import Key
+from fedkit.core.rows import gram
 from fedkit.filters._common import check_rows, require_finite, row_norms
 
 #: α after rescaling is capped just below 1 before the logit (the paper's 0.99)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import (
+from fedkit.core.checks import int_at_least
+from fedkit.core.components import Transform
+from fedkit.core.keys import Key
+from fedkit.core.rows import (
     active_index,
     coordinate_chunks,
     gather_chunk,
     pairwise_sq_distances,
 )
-from fedkit.core.checks import int_at_least
-from fedkit.core.components import Transform
-from fedkit.core.keys import Key
 from fedkit.filters._common import check_f, check_rows
 
 

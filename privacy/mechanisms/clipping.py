@@ -13,11 +13,11 @@ import math
 import attrs
 import torch
 
+from fedkit.core.checks import check_rows as _check_filter_rows
 from fedkit.core.checks import check_rows as _shared_check_rows
 from fedkit.core.components import Transform
 from fedkit.core.deprecation import renamed_arguments
-from fedkit.filters._common import check_rows as _check_filter_rows
-from fedkit.filters._common import require_finite, rescale
+from fedkit.core.rows import require_finite, rescale
 from fedkit.filters.clip import clip_scales
 
 NORMS = ("l2", "l1")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fedkit.aggregators._common import weighted_rows
 from fedkit.core.components import Reducer, as_weights
 from fedkit.core.keys import Key
+from fedkit.core.rows import weighted_rows
 from privacy.mechanisms.clipping import check_positive, check_rows
 
 

@@ -292,7 +292,7 @@ def test_chunked_equals_unchunked(monkeypatch):
         "mean": lambda: agg.mean(u, w),
     }
     whole = {k: c() for k, c in calls.items()}
-    import fedkit.aggregators._common as common
+    import fedkit.core.rows as common
 
     # the package re-exports the kernel under the module's name: fetch the module itself
     median_module = importlib.import_module("fedkit.aggregators.median")

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from strategies import keys
 
 import fedkit
-from fedkit.aggregators._common import check_f, gram, pairwise_sq_distances, sample_coordinates
 from fedkit.aggregators._subsets import argmin_subset_weights, count_subsets, removal_masks
+from fedkit.core.rows import check_f, gram, pairwise_sq_distances, sample_coordinates
 
 
 @given(m=st.integers(1, 12), data=st.data())

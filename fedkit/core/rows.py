@@ -1,4 +1,6 @@
-"""Shared helpers for aggregation kernels: input checks, coordinate chunks, distances.
+"""Row helpers shared by the kernels of fedkit and its suites (aggregators, filters, privacy
+mechanisms, attacks): input checks, coordinate chunks, Gram matrices and distances, row norms
+and rescaling of ``[n, d]`` update tensors.
 
 Memory: kernels never copy the whole ``[n, d]`` input. Work along the coordinates happens
 in chunks of about ``CHUNK_ELEMENTS`` elements (``n * chunk_width``), so the extra memory a
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from fedkit.core.checks import check_rows
+from fedkit.core.components import as_weights
 from fedkit.core.keys import Key, generator
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements per chunk: 16 MiB in float32
@@ -218,3 +221,42 @@ def check_f_bound(f: int, m: int, *, factor: int, extra: int, who: str) -> None:
             f"{who} needs n_active >= {factor}f + {extra} = {need} rows with positive weight "
             f"for f={f}, got n_active={m}"
         )
+
+
+def row_norms(updates: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every row (float64, ``[n]``), accumulated over coordinate chunks."""
+    n, d = updates.shape
+    acc = torch.zeros(n, dtype=torch.float64, device=updates.device)
+    for cols in coordinate_chunks(n, d):
+        acc += torch.linalg.vector_norm(updates[:, cols], dim=1, dtype=torch.float64).square()
+    return acc.sqrt()
+
+
+def finite_rows(updates: torch.Tensor) -> torch.Tensor:
+    """BoolTensor ``[n]``: True where every entry of the row is finite (no NaN, no Inf)."""
+    n, d = updates.shape
+    ok = torch.ones(n, dtype=torch.bool, device=updates.device)
+    for cols in coordinate_chunks(n, d):
+        ok &= torch.isfinite(updates[:, cols]).all(dim=1)
+    return ok
+
+
+def require_finite(norms: torch.Tensor, active: torch.Tensor, name: str) -> None:
+    """Raise if an active row has a non-finite norm (it holds a NaN or an Inf)."""
+    bad = active & ~torch.isfinite(norms)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise ValueError(
+            f"{name}: rows {rows} contain NaN or Inf; put Sanitize() before {name} in the chain"
+        )
+
+
+def rescale(
+    updates: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows multiplied by ``scale[n]`` (one new tensor; rows with scale 1 are copied exactly).
+    When no row changes, the input tensor itself is returned (filters never write into it)."""
+    w = as_weights(weights, updates.shape[0], updates).clone()
+    if bool((scale == 1).all()):
+        return updates, w
+    return updates * scale.to(updates.dtype)[:, None], w
