@@ -280,3 +280,29 @@ def test_detection_table_reports_tpr_and_fpr_per_defense_and_attack(tmp_path):
     assert cells["fedavg"][0].mean == 0.0
     md = (tmp_path / "tables" / "detection.md").read_text()
     assert "alie TPR" in md and "alie FPR" in md
+
+
+def test_the_terminal_view_bolds_the_best_cells_and_shows_spread():
+    from rich.console import Console
+
+    from paper.cli import print_table
+
+    t = Table(
+        name="t",
+        caption="accuracy per defense",
+        columns=[Column("Defense", kind="text"), Column("acc", better="max", digits=1)],
+        rows=[
+            ["krum", Stat(90.04, 1.26, 3)],
+            ["mean", Stat(40.0, None, 1)],
+            ["none", Stat(None, None, 0)],
+        ],
+    )
+    console = Console(force_terminal=True, record=True, width=100, color_system="standard")
+    print_table(t, console)
+    text = console.export_text(styles=True, clear=False)
+    plain = console.export_text()
+    assert "accuracy per defense" in plain
+    assert "90.0 ± 1.3" in plain and "40.0" in plain and "–" in plain
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
+    assert "\x1b[1m90.0 ± 1.3" in rows["krum"], text  # the best cell is bold
+    assert "\x1b[1m" not in rows["mean"] + rows["none"], text

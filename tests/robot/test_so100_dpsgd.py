@@ -145,3 +145,27 @@ def test_steps_and_rates_count_episodes_and_the_engine_runs_it(task):
             1,
             fedkit.key(0),
         )
+
+
+def test_episode_helpers_name_bad_input_and_subsample_by_key():
+    from fedkit.tasks.so100.dp import episode_subset
+
+    with pytest.raises(ValueError, match="episode 7 has no frames"):
+        frames_by_episode(torch.tensor([0, 0, 1]), [0, 7])
+    frames = torch.arange(10, 20)
+    assert episode_subset(frames, None, fedkit.key(0)) is frames
+    assert episode_subset(frames, 50, fedkit.key(0)) is frames
+    a = episode_subset(frames, 4, fedkit.key(1))
+    assert torch.equal(a, episode_subset(frames, 4, fedkit.key(1)))  # same key, same frames
+    assert a.numel() == 4 and bool((a.diff() > 0).all()) and set(a.tolist()) <= set(frames.tolist())
+    with pytest.raises(ValueError, match="frames_per_episode must be >= 1"):
+        episode_subset(frames, 0, fedkit.key(0))
+    noise = torch.zeros(3)
+    with pytest.raises(ValueError, match="expected_batch must be positive"):
+        episode_dp_gradient(torch.zeros(2, 3), 1.0, noise, 0.0)
+    with pytest.raises(ValueError, match=r"per-episode gradients \[k, 3\]"):
+        episode_dp_gradient(torch.zeros(2, 4), 1.0, noise, 2.0)
+    # an empty Poisson batch releases the noise alone
+    assert torch.equal(
+        episode_dp_gradient(torch.zeros(0, 3), 1.0, torch.ones(3), 2.0), torch.full((3,), 0.5)
+    )
