@@ -231,6 +231,7 @@ class LocalDeployment:
         """Certificates, node keys, ports and the CLI's federation config."""
         if self.port == 0:
             self.port = free_port("::1" if ":" in self.host else "127.0.0.1")
+        taken = {self.port}  # ports handed out here are never handed out twice
         if not self.insecure:
             hosts = ("localhost", "127.0.0.1", "::1", self.address.rsplit(":", 1)[0].strip("[]"))
             hosts = (*hosts, *self.extra_hosts)
@@ -242,11 +243,12 @@ class LocalDeployment:
             extra = dict(self.node_configs[i]) if i < len(self.node_configs) else {}
             if key is not None:  # the ClientApp signs its replies with the node's key
                 extra.setdefault("signing-key", str(key))
-            node = Node(
-                i, self.run_dir / f"node{i}", free_port(), key, pub, {"partition-id": i, **extra}
-            )
+            port = free_port(avoid=taken)
+            taken.add(port)
+            node = Node(i, self.run_dir / f"node{i}", port, key, pub, {"partition-id": i, **extra})
             if self.warm and self.metrics:
-                node.metrics_port = free_port()
+                node.metrics_port = free_port(avoid=taken)
+                taken.add(node.metrics_port)
             if self.warm:
                 node.secret = self.run_dir / "secrets" / f"node{i}.superexec"
                 node.secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -254,7 +256,7 @@ class LocalDeployment:
                 node.secret.write_bytes(os.urandom(32))
             self.node_list.append(node)
         if self.metrics and self.metrics_port == 0:
-            self.metrics_port = free_port()
+            self.metrics_port = free_port(avoid=taken)
         conn = [f"[superlink.{FEDERATION}]", f'address = "{self.address}"']
         if self.insecure:
             conn.append("insecure = true")

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -21,12 +21,18 @@ class DeployError(RuntimeError):
     """A step of the deployment failed (the message names it and the log to read)."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A TCP port nobody listens on right now and not in ``avoid`` (the ports already handed
+    to processes that have not bound them yet: the kernel may give a just-released port out
+    again, and two nodes of one deployment would then race for it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(1000):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise DeployError(f"no free TCP port on {host} outside the {len(avoid)} already taken")
 
 
 def flower_bin(name: str) -> str:
