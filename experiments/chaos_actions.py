@@ -493,5 +493,6 @@ def stop_supervised(name: str) -> dict:
     entry = _DEPLOYMENTS.get(name)
     if entry is not None and "stop" in entry:
         entry["stop"].set()
-        entry["thread"].join(timeout=30)
+        if "thread" in entry:  # absent when start_supervised failed before starting it
+            entry["thread"].join(timeout=30)
     return stop_deployment(name)
