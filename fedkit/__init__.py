@@ -43,6 +43,7 @@ from fedkit.core import (
 from fedkit.core import keys as _keys
 from fedkit.simulation import History, simulate
 from fedkit.strategy import PartialWork, ServerState, Strategy
+from fedkit.strategy import deprecated_stragglers as _deprecated_stragglers
 
 __version__ = "0.1.0"
 __all__ = [
@@ -113,11 +114,5 @@ def __getattr__(name: str):
         )
         return getattr(_keys, name)
     if name == "Stragglers":
-        _warnings.warn(
-            "fedkit.Stragglers is renamed fedkit.PartialWork (FedProx partial work; "
-            "chaos.Stragglers is the latency fault); Stragglers will be removed in 0.3",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return PartialWork
+        return _deprecated_stragglers(stacklevel=2)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -380,13 +380,19 @@ class Strategy:
         return new, info
 
 
+def deprecated_stragglers(stacklevel: int = 2) -> type[PartialWork]:
+    """``Stragglers``, the 0.1 name of :class:`PartialWork`, with its deprecation warning
+    (``stacklevel`` as for :func:`warnings.warn`, counted from the caller)."""
+    warnings.warn(
+        "fedkit.Stragglers is renamed fedkit.PartialWork (FedProx partial work; "
+        "chaos.Stragglers is the latency fault); Stragglers will be removed in 0.3",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return PartialWork
+
+
 def __getattr__(name: str) -> Any:
     if name == "Stragglers":
-        warnings.warn(
-            "fedkit.Stragglers is renamed fedkit.PartialWork (FedProx partial work; "
-            "chaos.Stragglers is the latency fault); Stragglers will be removed in 0.3",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return PartialWork
+        return deprecated_stragglers(stacklevel=2)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
