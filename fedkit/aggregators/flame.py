@@ -9,6 +9,7 @@ import attrs
 import numpy as np
 import torch
 
+from fedkit.core.checks import require_number
 from fedkit.core.components import Reducer, RoundContext, as_weights, require_context
 from fedkit.core.deprecation import renamed_arguments
 from fedkit.core.keys import Key, normal
@@ -167,13 +168,9 @@ def flame(
 
 
 def check_noise_multiplier(z: object) -> float:
-    """``noise_multiplier`` as a finite float ``>= 0`` or a ``ValueError`` naming it."""
-    if isinstance(z, bool) or not isinstance(z, int | float) or not 0.0 <= z < float("inf"):
-        raise ValueError(
-            "flame: noise_multiplier must be a finite number >= 0 "
-            f"(noise σ = noise_multiplier·S_t), got {z!r}"
-        )
-    return float(z)
+    """``noise_multiplier`` as a finite float ``>= 0`` (noise σ = noise_multiplier · S_t), or
+    an error naming it (:func:`fedkit.core.checks.require_number`)."""
+    return require_number(z, "flame: noise_multiplier", low=0.0)
 
 
 def check_lam(lam: object) -> float:
